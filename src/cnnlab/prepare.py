@@ -1,0 +1,115 @@
+"""Subsample, split and describe a decoded dataset.
+
+Order of operations: optional subset of the training set (first N, or a balanced sample per class),
+then a stratified, seeded validation split, then mean/std on the training part only (so validation
+and test never leak into the normalisation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from sklearn.model_selection import train_test_split
+
+from cnnlab import CnnlabError
+
+
+def first_n(images: torch.Tensor, labels: torch.Tensor, n: int, what: str):
+    if n > len(labels):
+        raise CnnlabError(f"params.yaml: {what} is {n} but the dataset has only {len(labels)} images")
+    return images[:n], labels[:n]
+
+
+def per_class_sample(images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int,
+                     seed: int):
+    """`per_class` images of every class, drawn at random (seeded), kept in their original order."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in range(num_classes):
+        members = torch.nonzero(labels == cls).flatten()
+        if len(members) < per_class:
+            raise CnnlabError(f"params.yaml: prepare.samples_per_class is {per_class} but class {cls} "
+                              f"has only {len(members)} training images")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    index = torch.cat(chosen).sort().values
+    return images[index], labels[index]
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
+    """Index tensors (train, val) with each class in the same proportion in both parts."""
+    everything = torch.arange(len(labels))
+    try:
+        train_idx, val_idx = train_test_split(
+            everything.numpy(), test_size=val_fraction, random_state=seed, stratify=labels.numpy())
+    except ValueError as err:
+        raise CnnlabError(f"params.yaml: prepare.val_fraction={val_fraction} cannot split "
+                          f"{len(labels)} images by class ({err})") from None
+    return torch.from_numpy(train_idx).sort().values, torch.from_numpy(val_idx).sort().values
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
+    return pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(labels, minlength=num_classes).tolist()
+
+
+def prepare(train: tuple, test: tuple, classes: tuple[str, ...], options: dict) -> dict:
+    """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    if options["train_size"] is not None:
+        train_x, train_y = first_n(train_x, train_y, options["train_size"], "prepare.train_size")
+    elif options["samples_per_class"] is not None:
+        train_x, train_y = per_class_sample(train_x, train_y, options["samples_per_class"], len(classes),
+                                            options["seed"])
+    if options["test_size"] is not None:
+        test_x, test_y = first_n(test_x, test_y, options["test_size"], "prepare.test_size")
+    train_idx, val_idx = stratified_split(train_y, options["val_fraction"], options["seed"])
+    splits = {
+        "train": (train_x[train_idx].contiguous(), train_y[train_idx].contiguous()),
+        "val": (train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
+        "test": (test_x.contiguous(), test_y.contiguous()),
+    }
+    mean, std = channel_stats(splits["train"][0])
+    if min(std) == 0:
+        raise CnnlabError("prepare: the training images are constant (std 0); check the raw data")
+    splits["info"] = {
+        "classes": list(classes),
+        "channels": int(train_x.shape[1]),
+        "image_size": int(train_x.shape[-1]),
+        "mean": mean,
+        "std": std,
+        "sizes": {name: len(splits[name][1]) for name in ("train", "val", "test")},
+        "class_counts": {name: class_counts(splits[name][1], len(classes)) for name in ("train", "val", "test")},
+    }
+    return splits
+
+
+SPLITS = ("train", "val", "test")
+
+
+def save_prepared(splits: dict, folder) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        images, labels = splits[name]
+        torch.save({"images": images, "labels": labels}, folder / f"{name}.pt")
+    (folder / "info.json").write_text(json.dumps(splits["info"], indent=2) + "\n")
+
+
+def load_prepared(folder, names=SPLITS) -> dict:
+    """{'info': {...}, <split>: (images, labels)} for the asked splits."""
+    folder = Path(folder)
+    try:
+        result = {"info": json.loads((folder / "info.json").read_text())}
+        for name in names:
+            blob = torch.load(folder / f"{name}.pt", weights_only=True)
+            result[name] = (blob["images"], blob["labels"])
+    except FileNotFoundError as err:
+        raise CnnlabError(f"{err.filename}: missing; run the prepare stage first (dvc repro prepare)") from None
+    return result

@@ -1,0 +1,177 @@
+"""Training: optimizer and schedule from params, epochs over in-memory batches, early stopping on
+validation loss with the best weights restored, and a per-epoch history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from cnnlab.batches import DeviceSplit
+from cnnlab.models import build, checkpoint, count_parameters
+from cnnlab.params import model_kwargs, train_config
+from cnnlab.prepare import load_prepared
+from cnnlab.runtime import environment, pick_device, seed_everything
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    params = model.parameters()
+    # fused kernels do the whole update in one pass; supported on CPU and CUDA for these three
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": True}
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, **common)
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, **common)
+    return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+                           **common)
+
+
+def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int):
+    """Return (scheduler or None, whether it steps per batch rather than per epoch)."""
+    kind, total = cfg["scheduler"], cfg["epochs"] * steps_per_epoch
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), False
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total), True
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=total), True
+    return None, False
+
+
+@torch.inference_mode()
+def evaluate_split(model: nn.Module, data: DeviceSplit, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), device=data.labels.device, dtype=torch.long)
+    for x, y in data.batches(batch_size):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+class EarlyStopping:
+    """Tracks the best validation loss and a copy of the weights that reached it.
+
+    patience: epochs without improvement before stopping; 0 never stops early.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.waited = 0
+
+    def update(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
+        """Record an epoch; return True when training should stop."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.waited = val_loss, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.patience > 0 and self.waited >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    val_accuracy: float = 0.0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0       # wall time of the whole fit, validation included
+    images_per_second: float = 0.0   # training passes only
+
+
+def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
+        label: str = "") -> TrainResult:
+    optimizer = make_optimizer(model, cfg)
+    steps = train.num_batches(cfg["batch_size"])
+    scheduler, per_step = make_scheduler(optimizer, cfg, steps)
+    stopper = EarlyStopping(cfg["patience"])
+    result = TrainResult()
+    device = train.labels.device
+    start = time.perf_counter()
+    pass_seconds = 0.0
+    for epoch in range(1, cfg["epochs"] + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(train.batches(cfg["batch_size"], generator), total=steps, leave=False, mininterval=1.0,
+                   desc=f"{label} epoch {epoch}/{cfg['epochs']}", disable=not cfg["progress"])
+        for x, y in bar:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if per_step:
+                scheduler.step()
+            # running sums stay on the device: no host sync inside the step
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None and not per_step:
+            scheduler.step()
+        train_loss, train_acc = loss_sum.item() / len(train), correct.item() / len(train)
+        pass_seconds += time.perf_counter() - epoch_start
+        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"])
+        result.history.append({
+            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
+            "seconds": time.perf_counter() - epoch_start,
+        })
+        if cfg["progress"]:
+            print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                  f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
+        if stopper.update(epoch, val_loss, model):
+            result.stopped_early = True
+            break
+    result.train_seconds = time.perf_counter() - start
+    stopper.restore(model)
+    result.epochs_run = len(result.history)
+    result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best_loss
+    result.val_accuracy = result.history[stopper.best_epoch - 1]["val_accuracy"]
+    result.images_per_second = result.epochs_run * len(train) / pass_seconds
+    return result
+
+
+def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """Train one model from params; return (checkpoint, metrics, per-epoch history)."""
+    cfg, options = train_config(params, name), model_kwargs(params, name)
+    device = pick_device(cfg["device"])
+    generator = seed_everything(cfg["seed"])
+    data = load_prepared(prepared_dir, ("train", "val"))
+    info = data["info"]
+    train = DeviceSplit(*data["train"], info["mean"], info["std"], device)
+    val = DeviceSplit(*data["val"], info["mean"], info["std"], device)
+    model = build(name, info["channels"], len(info["classes"]), info["image_size"], **options).to(device)
+    result = fit(model, train, val, cfg, generator, label=name)
+    metrics = {
+        "parameters": count_parameters(model),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "val_accuracy": result.val_accuracy,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "train_images": len(train),
+        "dataset": info.get("dataset", ""),
+        "env": environment(device, cfg["seed"]),
+    }
+    return checkpoint(name, model, options, info), metrics, result.history

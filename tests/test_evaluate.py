@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.batches import DeviceSplit
+from cnnlab.evaluate import predict, scores
+
+
+def test_scores_on_a_hand_worked_example():
+    actual = np.array([0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 0])
+    overall, rows = scores(actual, predicted, ["a", "b", "c"])
+    assert overall["accuracy"] == pytest.approx(4 / 6)
+    # precision: a 1/2, b 2/3, c 1/1; recall: a 1/2, b 2/2, c 1/2
+    assert overall["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert overall["macro_recall"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    f1 = [1 / 2, 2 * (2 / 3) / (2 / 3 + 1), 2 * 0.5 / 1.5]
+    assert overall["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert [r["support"] for r in rows] == [2, 2, 2]
+    assert rows[1]["recall"] == 1.0
+
+
+def test_a_class_never_predicted_scores_zero_not_nan():
+    overall, rows = scores(np.array([0, 1, 2]), np.array([0, 1, 1]), ["a", "b", "c"])
+    assert rows[2]["precision"] == 0.0 and rows[2]["f1"] == 0.0
+    assert not np.isnan(overall["macro_f1"])
+
+
+def test_predict_matches_a_direct_forward_pass():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (37, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (37,))
+    data = DeviceSplit(images, labels, [0.5], [0.25], torch.device("cpu"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    predicted, loss = predict(model, data, batch_size=10)
+    x = (images.float() / 255 - 0.5) / 0.25
+    logits = model(x)
+    assert np.array_equal(predicted, logits.argmax(1).numpy())
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)

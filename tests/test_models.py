@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from cnnlab import CnnlabError
+from cnnlab.models import MODELS, build, checkpoint, count_parameters, load_checkpoint
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_every_model_maps_images_to_class_logits(name, channels, size):
+    model = build(name, channels, 10, size)
+    out = model(torch.randn(4, channels, size, size))
+    assert out.shape == (4, 10)
+    out.sum().backward()  # trainable end to end
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_parameter_counts_match_the_architectures():
+    # 784-256-256-10 MLP: (784*256+256) + (256*256+256) + (256*10+10)
+    assert count_parameters(build("mlp", 1, 10, 28)) == 200_960 + 65_792 + 2_570
+    # LeNet-5-like: conv6 5x5, conv16 5x5, fc 400-120-84-10
+    assert count_parameters(build("lenet", 1, 10, 28)) == 156 + 2_416 + 48_120 + 10_164 + 850
+    # conv16 3x3, conv32 3x3, fc 1568-128-10
+    assert count_parameters(build("cnn", 1, 10, 28)) == 160 + 4_640 + 200_832 + 1_290
+
+
+def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
+    model = build("lenet", 1, 10, 28)
+    info = {"channels": 1, "classes": list("0123456789"), "image_size": 28, "mean": [0.1], "std": [0.3]}
+    path = tmp_path / "lenet.pt"
+    torch.save(checkpoint("lenet", model, {}, info), path)
+    loaded, ckpt = load_checkpoint(path, torch.device("cpu"))
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+    assert ckpt["classes"] == info["classes"]
+
+
+class Evil:
+    """Any class that is not a tensor or a plain type: weights_only loading must refuse it."""
+
+
+def test_foreign_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": "mlp", "obj": Evil()}, path)
+    with pytest.raises(CnnlabError, match="not a cnnlab checkpoint"):
+        load_checkpoint(path, torch.device("cpu"))

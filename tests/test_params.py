@@ -1,0 +1,68 @@
+import copy
+
+import pytest
+
+from cnnlab import CnnlabError
+from cnnlab.params import load, model_kwargs, train_config, validate
+from conftest import REPO
+
+
+@pytest.fixture
+def raw():
+    import yaml
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def error_for(raw) -> str:
+    with pytest.raises(CnnlabError) as err:
+        validate(raw)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_shipped_params_are_valid():
+    params = load(REPO / "params.yaml")
+    assert params["models"] == ["mlp", "cnn", "lenet"]
+
+
+def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-3")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load(tmp_path / "params.yaml")["train"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda r: r["data"].update(dataset="imagenet"), "data.dataset must be one of mnist, fashion_mnist, kmnist; got 'imagenet'"),
+    (lambda r: r["train"].update(epochs=0), "train.epochs must be an integer >= 1; got 0"),
+    (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1; got -3"),
+    (lambda r: r["train"].update(lr="fast"), "train.lr must be a number > 0; got 'fast'"),
+    (lambda r: r["train"].update(optimizer="rmsprop"), "train.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+    (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from mlp, cnn, lenet"),
+    (lambda r: r.update(trian={}), "unknown key 'trian'"),
+    (lambda r: r["train"].update(epoch=3), "unknown key 'train.epoch' (allowed: epochs, batch_size"),
+    (lambda r: r["lenet"].update(dropout=0.1) if isinstance(r["lenet"], dict) else r.update(lenet={"dropout": 0.1}),
+     "unknown key 'lenet.dropout'"),
+    (lambda r: r["mlp"].update(dropout=1.5), "mlp.dropout must be a number >= 0 and < 1; got 1.5"),
+    (lambda r: r["prepare"].update(val_fraction=1.0), "prepare.val_fraction must be a number > 0 and < 1"),
+    (lambda r: r["data"].pop("dataset"), "missing key 'data.dataset'"),
+])
+def test_bad_params_name_the_key_and_the_allowed_values(raw, edit, expected):
+    edit(raw)
+    assert expected in error_for(raw)
+
+
+def test_model_sections_override_shared_defaults(raw):
+    raw["lenet"] = {"epochs": 2, "lr": 0.01}
+    params = validate(copy.deepcopy(raw))
+    assert train_config(params, "lenet")["epochs"] == 2
+    assert train_config(params, "lenet")["lr"] == 0.01
+    assert train_config(params, "mlp")["epochs"] == raw["train"]["epochs"]
+    assert model_kwargs(params, "mlp") == {"dropout": raw["mlp"]["dropout"]}
+    assert model_kwargs(params, "lenet") == {}
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(CnnlabError, match=r"not valid YAML at line \d"):
+        load(tmp_path / "params.yaml")

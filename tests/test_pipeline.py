@@ -1,0 +1,113 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a generated MNIST-format dataset."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_mirror
+
+MODELS = ["mlp", "cnn", "lenet"]
+GENERATED = ("dvc.lock", "metrics/", "plots/", "report/", "data/raw", "data/prepared", "models/")
+
+
+def tracked_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return [f for f in listed if not f.startswith(GENERATED) and (REPO / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    project = root / "project"
+    for name in tracked_files():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, project / name)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["verify_checksums"] = False  # generated data has no known checksum
+    params["train"].update(epochs=3, batch_size=32, lr=0.003, progress=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(root / "mirror", n_train=800, n_test=300)),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": str(REPO / "src")}
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(command, cwd=project, env=env, check=True)
+    return project, env
+
+
+def dvc(project_env, *args) -> str:
+    project, env = project_env
+    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.mark.slow
+def test_repro_builds_every_contract_output_and_is_idempotent(project):
+    root = project[0]
+    first = dvc(project, "repro")
+    assert {"download", "prepare", "report", *(f"train@{m}" for m in MODELS)} <= set(ran(first))
+    for model in MODELS:
+        test = json.loads((root / f"metrics/test/{model}.json").read_text())
+        assert {"accuracy", "loss", "macro_f1"} <= set(test)
+        assert test["accuracy"] > 0.6, (model, test)  # chance is 0.1
+        train = json.loads((root / f"metrics/train/{model}.json").read_text())
+        assert {"best_epoch", "best_val_loss", "val_accuracy", "train_seconds", "images_per_second",
+                "parameters"} <= set(train)
+        assert train["env"]["torch"] and train["env"]["device"] == "cpu" and train["env"]["seed"] == 0
+        with open(root / f"plots/train/{model}.csv") as stream:
+            rows = list(csv.DictReader(stream))
+        assert list(rows[0])[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+        assert len(rows) == train["epochs_run"]
+        with open(root / f"plots/confusion/{model}.csv") as stream:
+            assert sum(1 for _ in csv.DictReader(stream)) == 300  # one record per test sample
+        assert (root / f"plots/evaluate/{model}_confusion.png").stat().st_size > 1000
+    report = (root / "report/README.md").read_text()
+    assert all(f"| {m} |" in report for m in MODELS)
+    with open(root / "metrics/summary.csv") as stream:
+        assert [r["model"] for r in csv.DictReader(stream)] == MODELS
+
+    assert ran(dvc(project, "repro")) == []  # nothing changed, nothing runs
+
+
+@pytest.mark.slow
+def test_a_report_option_reruns_only_the_report(project):
+    root = project[0]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["report"]["title"] = "Changed title"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(ran(dvc(project, "repro"))) <= {"report", "check_params"}
+    assert (root / "report/README.md").read_text().startswith("# Changed title")
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
+    dvc(project, "repro")
+
+
+@pytest.mark.slow
+def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
+    root = project[0]
+    subprocess.run(["git", "add", "-A"], cwd=root, env=project[1], check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=root, env=project[1], check=True)
+    out = dvc(project, "exp", "run", "-S", "train.epochs=1")
+    stages = set(ran(out))
+    assert {f"train@{m}" for m in MODELS} <= stages and "download" not in stages and "prepare" not in stages
+    for model in MODELS:
+        assert json.loads((root / f"metrics/train/{model}.json").read_text())["epochs_run"] == 1
+    table = json.loads(dvc(project, "exp", "show", "--json"))
+    text = json.dumps(table)
+    assert "metrics/test/lenet.json" in text and '"accuracy"' in text and '"epochs": 1' in text
+
+    html = dvc(project, "plots", "show", "-o", "dvc_plots")
+    index = (root / "dvc_plots" / "index.html").read_text()
+    assert "val_accuracy" in index and "confusion" in index.lower()

@@ -1,0 +1,29 @@
+"""On the real MNIST files (skipped when ../shared/datasets is absent)."""
+
+from pathlib import Path
+
+import pytest
+
+from cnnlab import datasets
+from cnnlab.evaluate import evaluate_model
+from cnnlab.prepare import prepare, save_prepared
+from cnnlab.train import train_model
+from conftest import base_params
+
+
+@pytest.mark.slow
+def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
+    import torch
+    raw = datasets.fetch("mnist", tmp_path / "raw", real_mirror, verify=True)
+    assert raw.is_dir()
+    params = base_params()
+    params["train"].update(epochs=2, progress=False)
+    splits = prepare(datasets.load_split("mnist", tmp_path / "raw", "train"),
+                     datasets.load_split("mnist", tmp_path / "raw", "test"),
+                     datasets.DATASETS["mnist"].classes, params["prepare"])
+    save_prepared(splits, tmp_path / "prepared")
+    checkpoint, metrics, history = train_model("lenet", params, tmp_path / "prepared")
+    torch.save(checkpoint, tmp_path / "lenet.pt")
+    result = evaluate_model("lenet", tmp_path / "lenet.pt", tmp_path / "prepared", 1000)
+    assert len(history) == 2
+    assert result["metrics"]["accuracy"] >= 0.985, result["metrics"]

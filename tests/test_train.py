@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.batches import DeviceSplit
+from cnnlab.models import build
+from cnnlab.prepare import channel_stats
+from cnnlab.runtime import seed_everything
+from cnnlab.train import EarlyStopping, evaluate_split, fit
+from conftest import synthetic_digits
+
+CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
+       "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
+       "eval_batch_size": 100, "progress": False}
+
+
+def splits(n_train=400, n_val=200):
+    (xt, yt), (xv, yv) = synthetic_digits(n_train, 1), synthetic_digits(n_val, 2)
+    xt, xv = torch.from_numpy(xt).unsqueeze(1), torch.from_numpy(xv).unsqueeze(1)
+    mean, std = channel_stats(xt)
+    cpu = torch.device("cpu")
+    return (DeviceSplit(xt, torch.from_numpy(yt).long(), mean, std, cpu),
+            DeviceSplit(xv, torch.from_numpy(yv).long(), mean, std, cpu))
+
+
+def test_batches_are_normalised_and_cover_each_sample_once():
+    train, _ = splits()
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat([y for _, y in train.batches(64, g)])
+    assert sorted(seen.tolist()) == sorted(train.labels.tolist())
+    x = torch.cat([x for x, _ in train.batches(1000)])
+    assert abs(x.mean().item()) < 1e-3 and abs(x.std().item() - 1) < 1e-2
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
+    model = nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2)
+    losses = [1.0, 0.5, 0.7, 0.4, 0.6, 0.8, 0.1]
+    stopped_at = None
+    for epoch, loss in enumerate(losses, start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        if stopper.update(epoch, loss, model):
+            stopped_at = epoch
+            break
+    assert stopped_at == 6 and stopper.best_epoch == 4
+    stopper.restore(model)
+    assert torch.all(model.weight == 4)
+
+
+def test_zero_patience_never_stops():
+    stopper = EarlyStopping(patience=0)
+    assert not any(stopper.update(e, float(e), nn.Linear(1, 1)) for e in range(1, 20))
+
+
+@pytest.mark.parametrize("optimizer,scheduler", [("adam", "onecycle"), ("sgd", "step"), ("adamw", "cosine")])
+def test_fit_learns_and_records_history(optimizer, scheduler):
+    train, val = splits()
+    generator = seed_everything(0)
+    model = build("lenet", 1, 10, 28)
+    lr = 0.05 if optimizer == "sgd" else 3e-3
+    result = fit(model, train, val, {**CFG, "optimizer": optimizer, "scheduler": scheduler, "lr": lr}, generator)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.val_accuracy > 0.5  # chance is 0.1
+    assert evaluate_split(model, val, 100)[1] == pytest.approx(result.val_accuracy)
+    assert result.images_per_second > 0
+
+
+def test_same_seed_same_result():
+    train, val = splits()
+    runs = []
+    for _ in range(2):
+        generator = seed_everything(7)
+        model = build("cnn", 1, 10, 28)
+        runs.append(fit(model, train, val, CFG, generator).history)
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in run] for run in runs]
+    assert strip[0] == strip[1]
+
+
+def test_best_weights_are_restored_after_fit():
+    train, val = splits()
+    generator = seed_everything(0)
+    model = build("mlp", 1, 10, 28)
+    result = fit(model, train, val, {**CFG, "epochs": 4, "lr": 0.05}, generator)  # noisy: val loss jumps
+    loss, _ = evaluate_split(model, val, 100)
+    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
