@@ -45,3 +45,29 @@ def test_foreign_pickles_are_refused(tmp_path):
     torch.save({"model": "mlp", "obj": Evil()}, path)
     with pytest.raises(CnnlabError, match="not a cnnlab checkpoint"):
         load_checkpoint(path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["cnn", "lenet"])
+def test_pooling_before_the_relu_computes_the_textbook_network(name):
+    # The conv blocks run conv -> pool -> ReLU for speed; relu and max commute, so the network must
+    # equal the textbook conv -> ReLU -> pool one with the same weights, forward and backward.
+    from torch import nn
+    model = build(name, 1, 10, 28)
+    layers = list(model)
+    textbook = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.MaxPool2d):
+            assert isinstance(layers[i + 1], nn.ReLU)
+            textbook += [layers[i + 1], layer]
+        elif not (isinstance(layer, nn.ReLU) and isinstance(layers[i - 1], nn.MaxPool2d)):
+            textbook.append(layer)
+    reference = nn.Sequential(*textbook).eval()
+    model.eval()
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(model(x), reference(x))
+    grads = []
+    for net in (model, reference):
+        net.zero_grad()
+        net(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

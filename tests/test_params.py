@@ -42,6 +42,8 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
     (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1; got -3"),
     (lambda r: r["train"].update(lr="fast"), "train.lr must be a number > 0; got 'fast'"),
     (lambda r: r["train"].update(optimizer="rmsprop"), "train.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+    (lambda r: r["train"].update(memory_format="nhwc"),
+     "train.memory_format must be one of auto, channels_last, contiguous; got 'nhwc'"),
     (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from mlp, cnn, lenet"),
     (lambda r: r.update(trian={}), "unknown key 'trian'"),
     (lambda r: r["train"].update(epoch=3), "unknown key 'train.epoch' (allowed: epochs, batch_size"),

@@ -11,7 +11,7 @@ from conftest import synthetic_digits
 
 CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
-       "eval_batch_size": 100, "progress": False}
+       "eval_batch_size": 100, "progress": False, "precision": "fp32"}
 
 
 def splits(n_train=400, n_val=200):
@@ -84,3 +84,52 @@ def test_best_weights_are_restored_after_fit():
     result = fit(model, train, val, {**CFG, "epochs": 4, "lr": 0.05}, generator)  # noisy: val loss jumps
     loss, _ = evaluate_split(model, val, 100)
     assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("name,auto", [("mlp", False), ("cnn", True), ("lenet", True)])
+def test_channels_last_is_chosen_for_conv_nets_and_can_be_forced(name, auto):
+    from cnnlab.train import uses_channels_last
+    model = build(name, 1, 10, 28)
+    assert uses_channels_last(model, "auto") is auto
+    assert uses_channels_last(model, "channels_last") is True
+    assert uses_channels_last(model, "contiguous") is False
+
+
+def test_channels_last_batches_train_to_the_same_result():
+    images = torch.randint(0, 256, (96, 3, 12, 12), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (96,))
+    cpu = torch.device("cpu")
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        data = DeviceSplit(images, labels, [0.5] * 3, [0.25] * 3, cpu, layout)
+        x, _ = next(data.batches(32))
+        assert x.is_contiguous(memory_format=layout)
+        seed_everything(0)
+        model = build("cnn", 3, 10, 12).to(memory_format=layout)
+        fit(model, data, data, {**CFG, "epochs": 2}, torch.Generator().manual_seed(0))
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-4)
+
+
+def test_precision_auto_is_mixed_on_cuda_only():
+    from cnnlab.train import autocast_dtype
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    if torch.cuda.is_available():
+        assert autocast_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_like_fp32(precision):
+    # The autocast and grad-scaler path (CUDA's default) runs on CPU too, so it is tested here.
+    train, val = splits()
+    accuracies = {}
+    for mode in ("fp32", precision):
+        seed_everything(0)
+        model = build("lenet", 1, 10, 28)
+        result = fit(model, train, val, {**CFG, "precision": mode}, torch.Generator().manual_seed(0))
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+        accuracies[mode] = result.val_accuracy
+    assert accuracies[precision] > 0.8
+    assert abs(accuracies[precision] - accuracies["fp32"]) < 0.1

@@ -14,7 +14,7 @@ class DeviceSplit:
     """One split (images uint8 [N, C, H, W], labels int64 [N]) held on `device`."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                 device: torch.device):
+                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8:
             raise TypeError("images must be uint8")
         self.images = images.to(device)
@@ -24,12 +24,14 @@ class DeviceSplit:
         # (x / 255 - mean) / std folded into x * scale - shift
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = mean_t / std_t
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return images_uint8.float().mul_(self.scale).sub_(self.shift)
+        images = images_uint8.float().mul_(self.scale).sub_(self.shift)
+        return images.contiguous(memory_format=self.memory_format)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,7 +44,8 @@ class DeviceSplit:
         order = torch.randperm(n, generator=generator).to(self.images.device)
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
-            yield self.normalise(self.images[index]), self.labels[index]
+            # index_select, not images[index]: advanced indexing costs 5x more on CPU (77 vs 15 us a batch)
+            yield self.normalise(self.images.index_select(0, index)), self.labels.index_select(0, index)
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

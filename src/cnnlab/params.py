@@ -96,6 +96,8 @@ def _model_list(value):
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
@@ -123,6 +125,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "patience": _integer(0),
         "seed": _integer(0),
         "device": _choice(*DEVICES),
+        "memory_format": _choice(*MEMORY_FORMATS),
+        "precision": _choice(*PRECISIONS),
         "eval_batch_size": _integer(1),
         "progress": _boolean,
     },
