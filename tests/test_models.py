@@ -52,16 +52,15 @@ def test_pooling_before_the_relu_computes_the_textbook_network(name):
     # The conv blocks run conv -> pool -> ReLU for speed; relu and max commute, so the network must
     # equal the textbook conv -> ReLU -> pool one with the same weights, forward and backward.
     from torch import nn
+    from cnnlab.models import textbook_order
     model = build(name, 1, 10, 28)
-    layers = list(model)
-    textbook = []
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.MaxPool2d):
-            assert isinstance(layers[i + 1], nn.ReLU)
-            textbook += [layers[i + 1], layer]
-        elif not (isinstance(layer, nn.ReLU) and isinstance(layers[i - 1], nn.MaxPool2d)):
-            textbook.append(layer)
-    reference = nn.Sequential(*textbook).eval()
+    reference = textbook_order(model).eval()
+    kinds = [type(layer) for layer in reference]
+    for i, kind in enumerate(kinds):
+        if kind is nn.Conv2d:
+            assert kinds[i + 1:i + 3] == [nn.ReLU, nn.MaxPool2d]
+        if kind is nn.MaxPool2d:
+            assert kinds[i - 1] is nn.ReLU
     model.eval()
     x = torch.randn(8, 1, 28, 28)
     assert torch.equal(model(x), reference(x))

@@ -66,6 +66,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def textbook_order(model: nn.Sequential) -> nn.Sequential:
+    """The same layers (shared weights) in the textbook conv -> ReLU -> pool order: the reference
+    the pool-first blocks are checked and benchmarked against."""
+    layers = list(model)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(*layers)
+
+
 def build(name: str, in_channels: int, num_classes: int, image_size: int, **options) -> nn.Module:
     return MODELS[name](in_channels, num_classes, image_size, **options)
 
