@@ -74,8 +74,20 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
         with open(root / f"plots/confusion/{model}.csv") as stream:
             assert sum(1 for _ in csv.DictReader(stream)) == 300  # one record per test sample
         assert (root / f"plots/evaluate/{model}_confusion.png").stat().st_size > 1000
+    for model in MODELS:
+        analysis = json.loads((root / f"metrics/analysis/{model}.json").read_text())
+        assert set(analysis["noise_accuracy"]) == {"0", "0.05", "0.1", "0.2"}
+        assert analysis["noise_accuracy"]["0"] == pytest.approx(
+            json.loads((root / f"metrics/test/{model}.json").read_text())["accuracy"])  # no noise: the test score
+        assert -1 <= analysis["silhouette_pixels"] <= 1 and -1 <= analysis["silhouette"] <= 1
+        folder = root / "plots" / "analysis" / model
+        assert len(list((folder / "maps").glob("*.png"))) == {"mlp": 8, "cnn": 11, "lenet": 12}[model]
+        assert (folder / "tsne.png").is_file() and (folder / "gradcam.png").is_file() == (model != "mlp")
+        assert (folder / "filters").is_dir() == (model != "mlp")
     report = (root / "report/README.md").read_text()
     assert all(f"| {m} |" in report for m in MODELS)
+    assert "## Inside the networks" in report and "no filters and no Grad-CAM" in report
+    assert (root / "plots/analysis/samples.png").is_file() and (root / "report/noise.png").is_file()
     with open(root / "metrics/summary.csv") as stream:
         assert [r["model"] for r in csv.DictReader(stream)] == MODELS
 
@@ -90,6 +102,19 @@ def test_a_report_option_reruns_only_the_report(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(ran(dvc(project, "repro"))) <= {"report", "check_params"}
     assert (root / "report/README.md").read_text().startswith("# Changed title")
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
+    dvc(project, "repro")
+
+
+@pytest.mark.slow
+def test_an_analysis_option_never_retrains(project):
+    root = project[0]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["analyze"]["noise_levels"] = [0, 0.3]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = set(ran(dvc(project, "repro")))
+    assert {f"analyze@{m}" for m in MODELS} <= stages <= {f"analyze@{m}" for m in MODELS} | {"report", "check_params"}
+    assert set(json.loads((root / "metrics/analysis/lenet.json").read_text())["noise_accuracy"]) == {"0", "0.3"}
     subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
     dvc(project, "repro")
 
@@ -110,4 +135,4 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
 
     html = dvc(project, "plots", "show", "-o", "dvc_plots")
     index = (root / "dvc_plots" / "index.html").read_text()
-    assert "val_accuracy" in index and "confusion" in index.lower()
+    assert "val_accuracy" in index and "confusion" in index.lower() and "noise_accuracy" in index

@@ -79,3 +79,17 @@ def test_prepare_refuses_both_subset_kinds_via_params(tmp_path):
     raw["prepare"] = {**raw["prepare"], "train_size": 100, "samples_per_class": 10}
     with pytest.raises(CnnlabError, match="at most one of prepare.train_size and prepare.samples_per_class"):
         validate(raw)
+
+
+def test_class_fraction_thins_only_the_chosen_classes_of_the_training_images():
+    train, test = labelled(2000), labelled(200, seed=1)
+    full = prepare(train, test, tuple("abcdefghij"), OPTIONS)["info"]["class_counts"]
+    thinned = prepare(train, test, tuple("abcdefghij"), {**OPTIONS, "class_fraction": {3: 0.1, 8: 0.5}})
+    counts = thinned["info"]["class_counts"]
+    before = [full["train"][c] + full["val"][c] for c in range(10)]
+    after = [counts["train"][c] + counts["val"][c] for c in range(10)]
+    assert after[3] == round(0.1 * before[3]) and after[8] == round(0.5 * before[8])
+    assert all(after[c] == before[c] for c in range(10) if c not in (3, 8))
+    assert counts["test"] == full["test"]  # the test set is never thinned
+    with pytest.raises(CnnlabError, match="class_fraction names class 12"):
+        prepare(train, test, tuple("abcdefghij"), {**OPTIONS, "class_fraction": {12: 0.5}})

@@ -52,11 +52,12 @@ def outputs(project: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("stage", ["check_params", "download", "prepare", "train", "evaluate", "report"])
+@pytest.mark.parametrize("stage", ["check_params", "download", "prepare", "train", "evaluate", "samples",
+                                   "analyze", "report"])
 def test_every_stage_rejects_bad_params(tmp_path, stage):
     project = project_copy(tmp_path)
     edit_params(project, train={"epochs": 0})
-    args = [f"stages/{stage}.py"] + (["lenet"] if stage in ("train", "evaluate") else [])
+    args = [f"stages/{stage}.py"] + (["lenet"] if stage in ("train", "evaluate", "analyze") else [])
     assert_one_line_error(run(project, *args), "train.epochs must be an integer >= 1; got 0")
     assert outputs(project) == []
 
@@ -105,3 +106,8 @@ def test_asking_for_more_samples_than_exist(tmp_path):
     assert run(project, "stages/download.py", mirror=mirror).returncode == 0
     assert_one_line_error(run(project, "stages/prepare.py"), "prepare.train_size is 100 but the dataset has only 40")
     assert not (project / "data" / "prepared").exists()
+
+
+def test_analyze_without_a_trained_model_says_what_to_run(tmp_path):
+    assert_one_line_error(run(project_copy(tmp_path), "stages/analyze.py", "cnn"), "models/cnn.pt: missing",
+                          "run the train stage first")

@@ -86,6 +86,26 @@ def _text(value):
     return value
 
 
+def _number_list(low: float, high: float) -> Callable[[Any], Any]:
+    def check(value):
+        if not isinstance(value, list) or not value or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high for v in value):
+            raise ValueError(f"a non-empty list of numbers from {low} to {high}")
+        return [float(v) for v in value]
+    return check
+
+
+def _class_fractions(value):
+    """{class index: fraction of its training images to keep}, for the imbalance study."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 0 or isinstance(v, bool)
+            or not isinstance(v, (int, float)) or not 0 < v <= 1 for k, v in value.items()):
+        raise ValueError("a mapping of class index to a fraction in (0, 1], e.g. {3: 0.1, 8: 0.1}")
+    return {int(k): float(v) for k, v in value.items()}
+
+
 def _model_list(value):
     if not isinstance(value, list) or not value or len(set(value)) != len(value) \
             or any(v not in MODELS for v in value):
@@ -109,6 +129,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "test_size": _integer(1, optional=True),
         "samples_per_class": _integer(1, optional=True),
         "val_fraction": _number(0, 1, low_open=True, high_open=True),
+        "class_fraction": _class_fractions,
         "seed": _integer(0),
     },
     "train": {
@@ -133,12 +154,23 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "evaluate": {
         "batch_size": _integer(1),
     },
+    "analyze": {
+        "samples_per_class": _integer(1),
+        "max_channels": _integer(1),
+        "tsne_samples": _integer(10),
+        "tsne_perplexity": _number(1),
+        "noise_levels": _number_list(0, 1),
+        "top_confused": _integer(0),
+        "batch_size": _integer(1),
+        "seed": _integer(0),
+        "dpi": _integer(30),
+    },
     "report": {
         "title": _text,
         "dpi": _integer(30),
     },
 }
-TOP_LEVEL = ("data", "prepare", "models", "train", "evaluate", "report", *MODELS)
+TOP_LEVEL = ("data", "prepare", "models", "train", "evaluate", "analyze", "report", *MODELS)
 
 
 def _fail(key: str, got: Any, allowed: str) -> CnnlabError:
@@ -189,8 +221,8 @@ def validate(raw: Any) -> dict:
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
         raise CnnlabError(f"params.yaml: unknown key '{unknown[0]}' "
-                          f"(allowed: {', '.join(TOP_LEVEL[:6])} and a section per model: {', '.join(MODELS)})")
-    for key in ("data", "prepare", "models", "train", "evaluate", "report"):
+                          f"(allowed: {', '.join(TOP_LEVEL[:7])} and a section per model: {', '.join(MODELS)})")
+    for key in ("data", "prepare", "models", "train", "evaluate", "analyze", "report"):
         if key not in raw:
             raise CnnlabError(f"params.yaml: missing key '{key}'")
     params = {name: _check_section(name, raw[name], checks) for name, checks in SCHEMA.items()}

@@ -37,6 +37,24 @@ def per_class_sample(images: torch.Tensor, labels: torch.Tensor, per_class: int,
     return images[index], labels[index]
 
 
+def thin_classes(images: torch.Tensor, labels: torch.Tensor, fractions: dict[int, float], num_classes: int,
+                 seed: int):
+    """Keep only a seeded random `fraction` of the images of each listed class (the imbalance study)."""
+    if not fractions:
+        return images, labels
+    bad = [c for c in fractions if c >= num_classes]
+    if bad:
+        raise CnnlabError(f"params.yaml: prepare.class_fraction names class {bad[0]} but the dataset has "
+                          f"classes 0 to {num_classes - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    for cls, fraction in sorted(fractions.items()):
+        members = torch.nonzero(labels == cls).flatten()
+        dropped = members[torch.randperm(len(members), generator=generator)[round(fraction * len(members)):]]
+        keep[dropped] = False
+    return images[keep], labels[keep]
+
+
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
     """Index tensors (train, val) with each class in the same proportion in both parts."""
     everything = torch.arange(len(labels))
@@ -67,6 +85,8 @@ def prepare(train: tuple, test: tuple, classes: tuple[str, ...], options: dict) 
     elif options["samples_per_class"] is not None:
         train_x, train_y = per_class_sample(train_x, train_y, options["samples_per_class"], len(classes),
                                             options["seed"])
+    train_x, train_y = thin_classes(train_x, train_y, options.get("class_fraction") or {}, len(classes),
+                                    options["seed"])
     if options["test_size"] is not None:
         test_x, test_y = first_n(test_x, test_y, options["test_size"], "prepare.test_size")
     train_idx, val_idx = stratified_split(train_y, options["val_fraction"], options["seed"])

@@ -46,6 +46,125 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
     return pd.DataFrame(rows), histories, per_class
 
 
+def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
+    """Per model: the analyze stage's metrics, its layer table and its noise curve."""
+    found = {}
+    for name in models:
+        found[name] = {
+            "metrics": _read_json(root / "metrics" / "analysis" / f"{name}.json"),
+            "layers": pd.read_csv(root / "plots" / "analysis" / "layers" / f"{name}.csv"),
+            "noise": pd.read_csv(root / "plots" / "analysis" / "noise" / f"{name}.csv"),
+        }
+    return found
+
+
+def read_data_summary(root: Path = Path(".")) -> dict:
+    return _read_json(root / "metrics" / "data.json")
+
+
+def noise_figure(analysis: dict):
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (name, found) in enumerate(analysis.items()):
+        curve = found["noise"]
+        ax.plot(curve["noise"], curve["accuracy"], marker="o", color=f"C{i}", label=name)
+    ax.set_xlabel("fraction of pixels replaced by salt-and-pepper noise")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def describe_model(name: str, found: dict) -> str:
+    """A short paragraph written from the analysis numbers."""
+    m, layers, noise = found["metrics"], found["layers"], found["noise"]
+    spatial = layers.dropna(subset=["image_likeness"])
+    sentences = []
+    if len(spatial):
+        like = spatial[spatial["image_likeness"] >= 0.5]
+        last = spatial.iloc[-1]
+        if len(like) and like.index[-1] == spatial.index[-1]:
+            sentences.append(
+                f"Its feature maps stay image-like (mean correlation with the input >= 0.5) through its last "
+                f"spatial layer, {last['layer']} ({last['type']}, {last['shape']}, {last['image_likeness']:.2f}): "
+                f"the classifier reads maps that still outline the digit.")
+        elif len(like):
+            keep = like.iloc[-1]
+            sentences.append(
+                f"Its feature maps stay image-like (mean correlation with the input >= 0.5) up to layer "
+                f"{keep['layer']} ({keep['type']}, {keep['shape']}, {keep['image_likeness']:.2f}); by layer "
+                f"{last['layer']} ({last['type']}, {last['shape']}) the correlation is "
+                f"{last['image_likeness']:.2f}, the maps now code for parts and strokes rather than the picture.")
+        else:
+            sentences.append(f"Already its first layer's maps correlate weakly with the input "
+                             f"({spatial.iloc[0]['image_likeness']:.2f}).")
+    else:
+        sentences.append("It has no convolutions: every layer is a vector, so there are no spatial maps, "
+                         "no filters and no Grad-CAM; its layer activations are drawn as heatmaps instead.")
+    ratio = m["silhouette"] / m["silhouette_pixels"] if m["silhouette_pixels"] > 0 else float("nan")
+    sentences.append(
+        f"Its {m['feature_dim']}-d penultimate features separate the classes with a silhouette of "
+        f"{m['silhouette']:.3f}, against {m['silhouette_pixels']:.3f} for the raw pixels of the same "
+        f"{m['tsne_samples']} test images" + (f" ({ratio:.1f}x)." if ratio == ratio else "."))
+    clean, worst = noise.iloc[0], noise.iloc[-1]
+    sentences.append(
+        f"Salt-and-pepper noise takes its accuracy from {clean['accuracy']:.2%} at {clean['noise']:g} to "
+        f"{worst['accuracy']:.2%} at {worst['noise']:g} (" + ", ".join(
+            f"{row.accuracy:.2%} at {row.noise:g}" for row in noise.iloc[1:-1].itertuples()) + ").")
+    return " ".join(s.replace(" ().", ".") for s in sentences).replace(" ()", "")
+
+
+def compare_models(analysis: dict) -> str:
+    if len(analysis) < 2:
+        return ""
+    worst = {name: found["noise"].iloc[-1] for name, found in analysis.items()}
+    level = next(iter(worst.values()))["noise"]
+    robust = max(worst, key=lambda n: worst[n]["accuracy"])
+    fragile = min(worst, key=lambda n: worst[n]["accuracy"])
+    separated = max(analysis, key=lambda n: analysis[n]["metrics"]["silhouette"])
+    return (f"At noise {level:g}, {robust} keeps the most accuracy ({worst[robust]['accuracy']:.2%}) and "
+            f"{fragile} the least ({worst[fragile]['accuracy']:.2%}). The most separated embedding is "
+            f"{separated}'s (silhouette {analysis[separated]['metrics']['silhouette']:.3f}).")
+
+
+def analysis_markdown(analysis: dict, data: dict | None) -> list[str]:
+    lines = ["## Inside the networks", "", "![sample training images](../plots/analysis/samples.png)", "",
+             "![accuracy under noise](noise.png)", ""]
+    comparison = compare_models(analysis)
+    if comparison:
+        lines += [comparison, ""]
+    noise_table = pd.DataFrame({name: found["noise"].set_index("noise")["accuracy"].map(lambda v: f"{v:.2%}")
+                                for name, found in analysis.items()})
+    noise_table.insert(0, "noise", [f"{v:g}" for v in noise_table.index])
+    lines += ["Test accuracy under salt-and-pepper noise:", "", _markdown_table(noise_table), ""]
+    for name, found in analysis.items():
+        folder = f"../plots/analysis/{name}"
+        lines += [f"### {name}", "", describe_model(name, found), ""]
+        layer_rows = found["layers"].copy()
+        layer_rows["image_likeness"] = layer_rows["image_likeness"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+        lines += [_markdown_table(layer_rows.rename(columns={"image_likeness": "correlation with input"})), ""]
+        figures = sorted(p.name for p in (Path("plots") / "analysis" / name / "maps").glob("*.png"))
+        lines += ["Feature maps, one row per class: " + ", ".join(
+            f"[{f.removesuffix('.png')}]({folder}/maps/{f})" for f in figures) + ".", ""]
+        if figures:
+            first_spatial = next((f for f in figures if "Conv" in f), figures[0])
+            lines += [f"![{name} {first_spatial}]({folder}/maps/{first_spatial})", ""]
+        if found["metrics"].get("gradcam_layer"):
+            filters = sorted(p.name for p in (Path("plots") / "analysis" / name / "filters").glob("*.png"))
+            lines += [f"![{name} filters {f}]({folder}/filters/{f})" for f in filters] + [""]
+            lines += [f"![{name} Grad-CAM]({folder}/gradcam.png)", ""]
+        else:
+            lines += ["No convolution layers: no filters and no Grad-CAM for this model.", ""]
+        lines += [f"![{name} t-SNE]({folder}/tsne.png)", ""]
+        if (Path("plots") / "analysis" / name / "confused.png").exists():
+            lines += [f"![{name} most confident mistakes]({folder}/confused.png)", ""]
+    if data:
+        counts = pd.DataFrame(data["class_counts"])
+        counts.insert(0, "class", data["classes"])
+        lines += ["## Class counts used", "", _markdown_table(counts), ""]
+    return lines
+
+
 def curves_figure(histories: dict):
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for i, (name, history) in enumerate(histories.items()):
@@ -82,7 +201,8 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     return shown.rename(columns=SUMMARY_COLUMNS)
 
 
-def markdown(title: str, summary: pd.DataFrame, per_class: dict) -> str:
+def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict | None = None,
+             data: dict | None = None) -> str:
     first = summary.iloc[0]
     lines = [
         f"# {title}", "",
@@ -101,4 +221,6 @@ def markdown(title: str, summary: pd.DataFrame, per_class: dict) -> str:
                            for name, table in per_class.items()})
     recall.insert(0, "class", recall.index)
     lines += [_markdown_table(recall), ""]
+    if analysis:
+        lines += analysis_markdown(analysis, data)
     return "\n".join(lines)

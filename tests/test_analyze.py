@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.analyze import (capture_activations, grad_cam, image_likeness, leaf_modules, most_confused,
+                            one_per_class, penultimate_features, salt_and_pepper, tsne_2d)
+from cnnlab.batches import DeviceSplit
+from cnnlab.models import MODELS, build
+
+
+def test_hooks_capture_one_output_per_layer_with_the_right_shape_and_leave_the_model_unchanged():
+    model = build("lenet", 1, 10, 28).eval()
+    x = torch.randn(3, 1, 28, 28)
+    before = model(x)
+    records = capture_activations(model, x)
+    expected = [(6, 28, 28), (6, 14, 14), (6, 14, 14), (16, 10, 10), (16, 5, 5), (16, 5, 5), (400,),
+                (120,), (120,), (84,), (84,), (10,)]
+    assert [tuple(out.shape[1:]) for _, _, out in records] == expected
+    assert [m for _, m, _ in records] == [m for _, m in leaf_modules(model)]  # each module exactly once
+    assert torch.equal(records[-1][2], before)                               # the last output is the logits
+    assert all(not m._forward_hooks for m in model.modules())
+    assert torch.equal(model(x), before)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_yields_penultimate_features_and_activations(name):
+    model = build(name, 1, 10, 28)
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    data = DeviceSplit(images, torch.randint(0, 10, (20,)), [0.5], [0.25], torch.device("cpu"))
+    features = penultimate_features(model, data, torch.arange(20), 8)
+    assert features.shape[0] == 20 and features.dim() == 2
+    assert len(capture_activations(model, data.normalise(images[:2]))) == len(leaf_modules(model))
+
+
+class RegionConv(nn.Conv2d):
+    """A convolution that only sees an off-centre 8x16 window: nothing outside can reach the logits."""
+
+    def forward(self, x):
+        mask = torch.zeros_like(x[:1, :1])
+        mask[..., 2:10, 4:20] = 1
+        return super().forward(x) * mask
+
+
+class RegionOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = RegionConv(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():  # class 0 rises with the window's activity, class 1 falls
+            self.conv.weight.uniform_(0.1, 1.0)
+            self.conv.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[1.0] * 4, [-1.0] * 4]))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_grad_cam_highlights_the_only_region_the_prediction_depends_on():
+    model = RegionOnly()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cam, target = grad_cam(model, x)
+    assert cam.shape == (4, 28, 28) and target.tolist() == [0, 0, 0, 0]
+    window = torch.zeros(28, 28, dtype=torch.bool)
+    window[2:10, 4:20] = True
+    core = torch.zeros_like(window)
+    core[4:8, 6:18] = True
+    assert (cam[:, ~window] < 1e-6).all()                 # nothing outside the window (rows and columns not swapped)
+    assert (cam[:, core] > 0.2).all()                     # the window itself lights up
+    assert torch.allclose(cam.flatten(1).max(1).values, torch.ones(4))
+    assert all(p.grad is None for p in model.parameters())  # no gradient left behind
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.05, 0.2])
+def test_salt_and_pepper_replaces_the_asked_fraction_of_pixels_with_black_or_white(amount):
+    images = torch.full((50, 1, 28, 28), 128, dtype=torch.uint8)
+    noisy = salt_and_pepper(images, amount, torch.Generator().manual_seed(0))
+    changed = noisy != images
+    assert abs(changed.float().mean().item() - amount) < 0.005
+    assert set(noisy[changed].unique().tolist()) <= {0, 255}
+    if amount:
+        salt = (noisy == 255).float().mean().item()
+        assert abs(salt - amount / 2) < 0.005
+    assert torch.equal(images, torch.full_like(images, 128))  # input untouched
+
+
+def test_tsne_is_seeded_and_repeatable():
+    features = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    first, second = tsne_2d(features, 30, seed=1), tsne_2d(features, 30, seed=1)
+    assert first.shape == (60, 2)
+    assert np.array_equal(first, second)
+
+
+def test_most_confused_orders_mistakes_by_confidence():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
+    labels = torch.tensor([0, 0, 0, 1])
+    mistakes = most_confused(probs, labels, 5)
+    assert [m["index"] for m in mistakes] == [1, 3, 2]
+    assert mistakes[0] == {"index": 1, "actual": 0, "predicted": 1, "confidence": pytest.approx(0.8)}
+
+
+def test_one_per_class_takes_the_asked_number_of_each_class():
+    labels = torch.tensor([0, 1, 2] * 10)
+    index = one_per_class(labels, 2, 3, seed=0)
+    assert labels[index].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_image_likeness_is_one_for_the_image_itself_and_low_for_noise():
+    images = torch.zeros(4, 1, 28, 28)
+    images[:, :, 8:20, 12:16] = 1
+    assert image_likeness(images, images.repeat(1, 3, 1, 1)) == pytest.approx(1.0)
+    assert abs(image_likeness(images, torch.rand(4, 8, 14, 14, generator=torch.Generator().manual_seed(0)))) < 0.3
+    assert image_likeness(images, torch.rand(4, 10)) is None
