@@ -124,9 +124,16 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
     root = project[0]
     subprocess.run(["git", "add", "-A"], cwd=root, env=project[1], check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=root, env=project[1], check=True)
-    out = dvc(project, "exp", "run", "-S", "train.epochs=1")
+    counts_before = json.loads((root / "metrics/data.json").read_text())["class_counts"]
+    # The imbalance option is set the way the README says (`++`: Hydra adds keys to an empty mapping).
+    out = dvc(project, "exp", "run", "-S", "train.epochs=1", "-S", "++prepare.class_fraction={3: 0.25}")
     stages = set(ran(out))
-    assert {f"train@{m}" for m in MODELS} <= stages and "download" not in stages and "prepare" not in stages
+    assert {f"train@{m}" for m in MODELS} | {"prepare"} <= stages and "download" not in stages
+    counts = json.loads((root / "metrics/data.json").read_text())["class_counts"]
+    assert counts["test"] == counts_before["test"]
+    kept = (counts["train"][3] + counts["val"][3]) / (counts_before["train"][3] + counts_before["val"][3])
+    assert abs(kept - 0.25) < 0.02
+    assert counts["train"][4] + counts["val"][4] == counts_before["train"][4] + counts_before["val"][4]
     for model in MODELS:
         assert json.loads((root / f"metrics/train/{model}.json").read_text())["epochs_run"] == 1
     table = json.loads(dvc(project, "exp", "show", "--json"))
