@@ -22,7 +22,7 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
                      datasets.load_split("mnist", tmp_path / "raw", "test"),
                      datasets.DATASETS["mnist"].classes, params["prepare"])
     save_prepared(splits, tmp_path / "prepared")
-    checkpoint, metrics, history = train_model("lenet", params, tmp_path / "prepared")
+    checkpoint, metrics, history, _ = train_model("lenet", params, tmp_path / "prepared")
     torch.save(checkpoint, tmp_path / "lenet.pt")
     result = evaluate_model("lenet", tmp_path / "lenet.pt", tmp_path / "prepared", 1000)
     assert len(history) == 2

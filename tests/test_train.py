@@ -11,7 +11,9 @@ from conftest import synthetic_digits
 
 CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
-       "eval_batch_size": 100, "progress": False, "precision": "fp32"}
+       "eval_batch_size": 100, "progress": False, "precision": "fp32", "label_smoothing": 0.0,
+       "augment": {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0},
+       "compile": False, "seed": 0}
 
 
 def splits(n_train=400, n_val=200):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,6 +107,29 @@ def _class_fractions(value):
     return {int(k): float(v) for k, v in value.items()}
 
 
+def _optional_text(value):
+    if value is not None and not isinstance(value, str):
+        raise ValueError("a path or null")
+    return value
+
+
+AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "crop_padding": _integer(0),
+    "hflip": _boolean,
+    "shift": _number(0, 0.5),
+    "scale": _number(0, 0.5),
+    "noise": _number(0, 1, high_open=True),
+}
+AUGMENT_OFF = {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0}
+
+
+def _augment(value):
+    """Batch-level training augmentation; keys left out are off."""
+    if value is None:
+        return dict(AUGMENT_OFF)
+    return {**AUGMENT_OFF, **_check_section("augment", value, AUGMENT_CHECKS, required=False)}
+
+
 def _model_list(value):
     if not isinstance(value, list) or not value or len(set(value)) != len(value) \
             or any(v not in MODELS for v in value):
@@ -129,6 +153,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "test_size": _integer(1, optional=True),
         "samples_per_class": _integer(1, optional=True),
         "val_fraction": _number(0, 1, low_open=True, high_open=True),
+        "val_size": _integer(1, optional=True),
         "class_fraction": _class_fractions,
         "seed": _integer(0),
     },
@@ -143,12 +168,16 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "scheduler": _choice(*SCHEDULERS),
         "step_size": _integer(1),
         "gamma": _number(0, 1, low_open=True),
+        "label_smoothing": _number(0, 1, high_open=True),
+        "augment": _augment,
         "patience": _integer(0),
         "seed": _integer(0),
         "device": _choice(*DEVICES),
         "memory_format": _choice(*MEMORY_FORMATS),
         "precision": _choice(*PRECISIONS),
+        "compile": _boolean,
         "eval_batch_size": _integer(1),
+        "weights": _optional_text,
         "progress": _boolean,
     },
     "evaluate": {
@@ -199,11 +228,14 @@ def _check_section(name: str, section: Any, checks: dict[str, Callable[[Any], An
 def model_kwargs_checks(model: str) -> dict[str, Callable[[Any], Any]]:
     """The constructor's own keyword arguments, checked by the type of their default value."""
     checks = {}
+    hints = typing.get_type_hints(MODELS[model])
     for arg in inspect.signature(MODELS[model]).parameters.values():
         if arg.kind is not arg.KEYWORD_ONLY:
             continue  # positional args (channels, classes, image size) come from the data
         default = arg.default
-        if isinstance(default, bool):
+        if typing.get_origin(hints.get(arg.name)) is typing.Literal:
+            checks[arg.name] = _choice(*typing.get_args(hints[arg.name]))
+        elif isinstance(default, bool):
             checks[arg.name] = _boolean
         elif isinstance(default, int):
             checks[arg.name] = _integer(1)

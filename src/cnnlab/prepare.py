@@ -55,14 +55,16 @@ def thin_classes(images: torch.Tensor, labels: torch.Tensor, fractions: dict[int
     return images[keep], labels[keep]
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
-    """Index tensors (train, val) with each class in the same proportion in both parts."""
+def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int):
+    """Index tensors (train, val) with each class in the same proportion in both parts.
+    val_fraction: a fraction of the images, or (an int) an exact number of validation images."""
     everything = torch.arange(len(labels))
+    what = "val_size" if isinstance(val_fraction, int) else "val_fraction"
     try:
         train_idx, val_idx = train_test_split(
             everything.numpy(), test_size=val_fraction, random_state=seed, stratify=labels.numpy())
     except ValueError as err:
-        raise CnnlabError(f"params.yaml: prepare.val_fraction={val_fraction} cannot split "
+        raise CnnlabError(f"params.yaml: prepare.{what}={val_fraction} cannot split "
                           f"{len(labels)} images by class ({err})") from None
     return torch.from_numpy(train_idx).sort().values, torch.from_numpy(val_idx).sort().values
 
@@ -89,7 +91,8 @@ def prepare(train: tuple, test: tuple, classes: tuple[str, ...], options: dict) 
                                     options["seed"])
     if options["test_size"] is not None:
         test_x, test_y = first_n(test_x, test_y, options["test_size"], "prepare.test_size")
-    train_idx, val_idx = stratified_split(train_y, options["val_fraction"], options["seed"])
+    val = options.get("val_size") or options["val_fraction"]
+    train_idx, val_idx = stratified_split(train_y, val, options["seed"])
     splits = {
         "train": (train_x[train_idx].contiguous(), train_y[train_idx].contiguous()),
         "val": (train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from cnnlab import augment as augment_mod
 from cnnlab.batches import DeviceSplit
-from cnnlab.models import build, checkpoint, count_parameters
+from cnnlab.models import build, checkpoint, count_parameters, load_weights
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
@@ -119,6 +120,17 @@ class TrainResult:
     stopped_early: bool = False
     train_seconds: float = 0.0       # wall time of the whole fit, validation included
     images_per_second: float = 0.0   # training passes only
+    steps: list[dict] = field(default_factory=list)  # loss and accuracy of every training batch
+
+
+def training_augmentation(cfg: dict, device: torch.device):
+    """The batch augmentation of `train.augment`, seeded from `train.seed`, or None when all is off."""
+    options = cfg["augment"]
+    if not augment_mod.is_on(options):
+        return None
+    # its own generator on the training device: drawing on the CPU and copying would sync every batch
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
+    return lambda images: augment_mod.augment(images, options, generator)
 
 
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
@@ -132,32 +144,46 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     dtype = autocast_dtype(cfg["precision"], device)
     # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (scaler disabled)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    augment = training_augmentation(cfg, device)
+    # torch.compile pays a compile time up front for faster steps; the original module is kept for
+    # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
+    step_model = torch.compile(model) if cfg["compile"] else model
     start = time.perf_counter()
     pass_seconds = 0.0
     for epoch in range(1, cfg["epochs"] + 1):
         model.train()
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(train.batches(cfg["batch_size"], generator), total=steps, leave=False, mininterval=1.0,
-                   desc=f"{label} epoch {epoch}/{cfg['epochs']}", disable=not cfg["progress"])
-        for x, y in bar:
+        # per-batch loss and accuracy stay on the device (no host sync inside the step)
+        step_loss = torch.zeros(steps, device=device)
+        step_correct = torch.zeros(steps, device=device, dtype=torch.long)
+        step_size = torch.zeros(steps, device=device, dtype=torch.long)
+        step_lr = []
+        bar = tqdm(train.batches(cfg["batch_size"], generator, augment), total=steps, leave=False,
+                   mininterval=1.0, desc=f"{label} epoch {epoch}/{cfg['epochs']}", disable=not cfg["progress"])
+        for i, (x, y) in enumerate(bar):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)  # autocast runs the loss itself in fp32
+                logits = step_model(x)
+                # autocast runs the loss itself in fp32
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            step_lr.append(optimizer.param_groups[0]["lr"])
             if per_step:
                 scheduler.step()
-            # running sums stay on the device: no host sync inside the step
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            step_loss[i] = loss.detach()
+            step_correct[i] = (logits.detach().argmax(1) == y).sum()
+            step_size[i] = len(y)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_step:
             scheduler.step()
-        train_loss, train_acc = loss_sum.item() / len(train), correct.item() / len(train)
+        train_loss = (step_loss * step_size).sum().item() / len(train)
+        train_acc = step_correct.sum().item() / len(train)
+        for i, (batch_loss, batch_correct, batch_size) in enumerate(
+                zip(step_loss.tolist(), step_correct.tolist(), step_size.tolist())):
+            result.steps.append({"step": (epoch - 1) * steps + i + 1, "epoch": epoch, "loss": batch_loss,
+                                 "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
         pass_seconds += time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype)
         result.history.append({
@@ -180,14 +206,17 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     return result
 
 
-def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict, list[dict]]:
-    """Train one model from params; return (checkpoint, metrics, per-epoch history)."""
+def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict, list[dict], list[dict]]:
+    """Train one model from params; return (checkpoint, metrics, per-epoch history, per-step history)."""
     cfg, options = train_config(params, name), model_kwargs(params, name)
     device = pick_device(cfg["device"])
     generator = seed_everything(cfg["seed"])
     data = load_prepared(prepared_dir, ("train", "val"))
     info = data["info"]
-    model = build(name, info["channels"], len(info["classes"]), info["image_size"], **options).to(device)
+    model = build(name, info["channels"], len(info["classes"]), info["image_size"], **options)
+    if cfg["weights"]:
+        load_weights(model, cfg["weights"])
+    model = model.to(device)
     layout = torch.channels_last if uses_channels_last(model, cfg["memory_format"]) else torch.contiguous_format
     model = model.to(memory_format=layout)
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout)
@@ -206,6 +235,7 @@ def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict
         "dataset": info.get("dataset", ""),
         "precision": str(autocast_dtype(cfg["precision"], device) or torch.float32).removeprefix("torch."),
         "memory_format": "channels_last" if layout is torch.channels_last else "contiguous",
+        "compiled": cfg["compile"],
         "env": environment(device, cfg["seed"]),
     }
-    return checkpoint(name, model, options, info), metrics, result.history
+    return checkpoint(name, model, options, info), metrics, result.history, result.steps

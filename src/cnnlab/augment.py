@@ -1,0 +1,75 @@
+"""Training augmentation on whole batches, on the training device, in pixel units (0..255 floats)
+before normalisation. Every image of a batch gets its own random draw, but the work is a few
+tensor ops per batch: no per-sample Python, no PIL.
+
+Options (`train.augment` in params.yaml, all off by default):
+  crop_padding  pad by this many black pixels, then crop back at a random offset (torchvision's
+                RandomCrop(size, padding)); 4 is the usual choice for CIFAR
+  hflip         mirror half of the images left-right (wrong for digits and text: a mirrored 3 is no 3)
+  shift, scale  a random translation of up to `shift` of the image size and a zoom of up to
+                +-`scale`, in one bilinear resample: the small moves that suit digits
+  noise         salt-and-pepper: this fraction of the pixel values set to 0 or 255 (half each),
+                as the robustness analysis does at test time
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    n, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator, device=images.device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator, device=images.device)
+    rows = top + torch.arange(height, device=images.device).view(1, -1, 1)   # [n, H, 1]
+    cols = left + torch.arange(width, device=images.device).view(1, 1, -1)   # [n, 1, W]
+    batch = torch.arange(n, device=images.device).view(-1, 1, 1)
+    # gather every image's own window in one indexing op: [n, H, W, C] -> [n, C, H, W]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def random_shift_scale(images: torch.Tensor, shift: float, scale: float, generator: torch.Generator
+                       ) -> torch.Tensor:
+    n = len(images)
+
+    def uniform(bound: float) -> torch.Tensor:  # in [-bound, bound]
+        return (torch.rand(n, generator=generator, device=images.device) * 2 - 1) * bound
+
+    zoom = 1 + uniform(scale)
+    theta = torch.zeros(n, 2, 3, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, 0, 2] = uniform(2 * shift)   # affine_grid spans -1..1, so a shift of s is 2s there
+    theta[:, 1, 2] = uniform(2 * shift)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def salt_and_pepper(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    draw = torch.rand(images.shape, generator=generator, device=images.device)
+    images = images.masked_fill(draw < amount / 2, 0.0)
+    return images.masked_fill((draw >= amount / 2) & (draw < amount), 255.0)
+
+
+def is_on(options: dict) -> bool:
+    return bool(options["crop_padding"] or options["hflip"] or options["shift"] or options["scale"]
+                or options["noise"])
+
+
+def augment(images: torch.Tensor, options: dict, generator: torch.Generator) -> torch.Tensor:
+    """Apply the enabled augmentations to a float batch [N, C, H, W] of 0..255 pixel values."""
+    if options["crop_padding"]:
+        images = random_crop(images, options["crop_padding"], generator)
+    if options["hflip"]:
+        images = random_hflip(images, generator)
+    if options["shift"] or options["scale"]:
+        images = random_shift_scale(images, options["shift"], options["scale"], generator)
+    if options["noise"]:
+        images = salt_and_pepper(images, options["noise"], generator)
+    return images
