@@ -11,7 +11,7 @@ def main():
     name = loaded["data"]["dataset"]
     raw = Path("data/raw")
     splits = prepare(datasets.load_split(name, raw, "train"), datasets.load_split(name, raw, "test"),
-                     datasets.DATASETS[name].classes, loaded["prepare"])
+                     datasets.class_names(name, raw), loaded["prepare"])
     splits["info"]["dataset"] = name
     with staged_outputs() as out:
         save_prepared(splits, out.path(Path("data/prepared")))

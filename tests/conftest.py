@@ -68,3 +68,51 @@ def base_params() -> dict:
     """A valid params dict, as params.yaml in the repo would load, for small in-process runs."""
     from cnnlab import params
     return params.load(REPO / "params.yaml")
+
+
+def colour_digits(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """3-channel versions of synthetic_digits [n, 3, size, size]: each channel scaled differently, so
+    a decoder that mixes up channels or axes is caught."""
+    images, labels = synthetic_digits(n, seed, size=size)
+    return np.stack([images, images // 2, 255 - images], axis=1).astype(np.uint8), labels
+
+
+def make_cifar_mirror(root: Path, dataset: str = "cifar10", per_batch: int = 40, n_test: int = 60,
+                      archive: bool = False) -> Path:
+    """CIFAR in torchvision's python layout: pickled dicts of numpy arrays, extracted or as .tar.gz."""
+    import pickle
+    import tarfile
+
+    import torchvision.datasets as tvd
+    source = tvd.CIFAR10 if dataset == "cifar10" else tvd.CIFAR100
+    folder = root / source.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if dataset == "cifar10" else "fine_labels"
+    batches = [(name, per_batch if len(source.train_list) > 1 else per_batch * 5, 10 + i)
+               for i, (name, _) in enumerate(source.train_list)]
+    for name, n, seed in [*batches, (source.test_list[0][0], n_test, 99)]:
+        images, labels = colour_digits(n, seed)
+        blob = {b"batch_label": name.encode(), b"data": images.reshape(n, -1),
+                label_key.encode(): labels.astype(int).tolist()}
+        (folder / name).write_bytes(pickle.dumps(blob, protocol=2))
+    names = [f"class{i}" for i in range(10 if dataset == "cifar10" else 100)]
+    meta = {source.meta["key"]: names, "num_cases_per_batch": per_batch}
+    (folder / source.meta["filename"]).write_bytes(pickle.dumps(meta, protocol=2))
+    if archive:
+        with tarfile.open(root / source.filename, "w:gz") as tar:
+            tar.add(folder, arcname=source.base_folder)
+        import shutil
+        shutil.rmtree(folder)
+    return root
+
+
+def make_svhn_mirror(root: Path, n_train: int = 200, n_test: int = 60) -> Path:
+    """SVHN as torchvision reads it: MATLAB files with X [32, 32, 3, N] and y [N, 1], 0 written as 10."""
+    from scipy.io import savemat
+    folder = root / "SVHN"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train_32x32.mat", n_train, 1), ("test_32x32.mat", n_test, 2)):
+        images, labels = colour_digits(n, seed)
+        y = np.where(labels == 0, 10, labels).reshape(-1, 1).astype(np.uint8)
+        savemat(folder / name, {"X": images.transpose(2, 3, 1, 0), "y": y})
+    return root

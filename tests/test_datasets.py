@@ -106,3 +106,126 @@ def test_real_mnist_verifies(tmp_path, real_mirror):
     assert images.shape == (10000, 1, 28, 28)
     assert torch.bincount(labels).tolist()[:2] == [980, 1135]
     assert len(list(raw.iterdir())) == 4
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_cifar10_decodes_to_the_arrays_written(tmp_path, archive):
+    from conftest import colour_digits, make_cifar_mirror
+    mirror = make_cifar_mirror(tmp_path / "m", per_batch=12, n_test=30, archive=archive)
+    raw = datasets.fetch("cifar10", tmp_path / "raw", mirror, verify=False)
+    assert raw.name == "cifar-10-batches-py"
+    images, labels = datasets.load_split("cifar10", tmp_path / "raw", "test")
+    expected, expected_labels = colour_digits(30, 99)
+    assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images, torch.from_numpy(expected)) and torch.equal(labels, torch.from_numpy(expected_labels).long())
+    train, train_labels = datasets.load_split("cifar10", tmp_path / "raw", "train")
+    assert train.shape == (60, 3, 32, 32) and len(train_labels) == 60          # five batches of 12
+    assert datasets.class_names("cifar10", tmp_path / "raw") == tuple(f"class{i}" for i in range(10))
+
+
+def test_cifar100_reads_fine_labels_and_its_100_names(tmp_path):
+    from conftest import make_cifar_mirror
+    mirror = make_cifar_mirror(tmp_path / "m", dataset="cifar100", per_batch=8, n_test=20)
+    datasets.fetch("cifar100", tmp_path / "raw", mirror, verify=False)
+    images, _ = datasets.load_split("cifar100", tmp_path / "raw", "train")
+    assert images.shape == (40, 3, 32, 32)
+    assert len(datasets.class_names("cifar100", tmp_path / "raw")) == 100
+
+
+def test_cifar_checksums_are_verified_per_file(tmp_path):
+    from conftest import make_cifar_mirror
+    mirror = make_cifar_mirror(tmp_path / "m", per_batch=4, n_test=4)
+    with pytest.raises(CnnlabError, match="data_batch_1: corrupt or not the original .*expected c99cafc152244af753f735de768cd75f"):
+        datasets.fetch("cifar10", tmp_path / "raw", mirror, verify=True)
+    archived = make_cifar_mirror(tmp_path / "a", per_batch=4, n_test=4, archive=True)
+    with pytest.raises(CnnlabError, match="cifar-10-python.tar.gz: corrupt .*expected c58f30108f718f92721af3b95e74349a"):
+        datasets.fetch("cifar10", tmp_path / "raw2", archived, verify=True)
+
+
+def test_a_doctored_cifar_pickle_cannot_run_code(tmp_path):
+    """The python CIFAR format is a pickle: only numpy arrays and plain containers may come out of it."""
+    import os
+    import pickle
+
+    from conftest import make_cifar_mirror
+    mirror = make_cifar_mirror(tmp_path / "m", per_batch=4, n_test=4)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (mirror / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Payload()}))
+    datasets.fetch("cifar10", tmp_path / "raw", mirror, verify=False)
+    with pytest.raises(CnnlabError, match="test_batch: not a CIFAR batch file .*refused global"):
+        datasets.load_split("cifar10", tmp_path / "raw", "test")
+    assert not marker.exists()
+
+
+def test_cifar_mirror_without_the_dataset_says_what_to_copy(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnlabError, match="missing cifar-10-batches-py/ and cifar-10-python.tar.gz"):
+        datasets.fetch("cifar10", tmp_path / "raw", tmp_path / "empty")
+
+
+def test_svhn_decodes_hwcn_and_maps_label_10_to_0(tmp_path):
+    from conftest import colour_digits, make_svhn_mirror
+    mirror = make_svhn_mirror(tmp_path / "m", n_train=30, n_test=20)
+    datasets.fetch("svhn", tmp_path / "raw", mirror, verify=False)
+    images, labels = datasets.load_split("svhn", tmp_path / "raw", "test")
+    expected, expected_labels = colour_digits(20, 2)
+    assert images.shape == (20, 3, 32, 32)
+    assert torch.equal(images, torch.from_numpy(expected))
+    assert torch.equal(labels, torch.from_numpy(expected_labels).long()) and 0 in labels.tolist()
+    with pytest.raises(CnnlabError, match="train_32x32.mat: corrupt or not the original .*e26dedcc434d2e4c54c9b2d4a06d8373"):
+        datasets.fetch("svhn", tmp_path / "raw2", mirror, verify=True)
+
+
+def write_image_folder(base, mode="L", size=20):
+    """train/ and test/ with two classes; class 'bright' images are light, 'dark' ones dark."""
+    from PIL import Image
+    for split, n in (("train", 4), ("test", 2)):
+        for cls, value in (("bright", 220), ("dark", 30)):
+            folder = base / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                colour = value if mode == "L" else (value, value // 2, 255 - value)
+                Image.new(mode, (size, size + 4), colour).save(folder / f"{i}.png")
+    return base
+
+
+def test_folder_dataset_decodes_grayscale_at_the_asked_size(tmp_path):
+    base = write_image_folder(tmp_path / "imgs")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=16)
+    images, labels = datasets.load_split("folder", tmp_path / "raw", "train")
+    assert images.shape == (8, 1, 16, 16) and images.dtype == torch.uint8
+    assert datasets.class_names("folder", tmp_path / "raw") == ("bright", "dark")
+    assert labels.tolist() == [0] * 4 + [1] * 4
+    assert images[:4].float().mean() == 220 and images[4:].float().mean() == 30
+
+
+def test_folder_dataset_with_any_colour_image_is_rgb(tmp_path):
+    from PIL import Image
+    base = write_image_folder(tmp_path / "imgs")
+    Image.new("RGB", (10, 10), (200, 10, 10)).save(base / "test" / "bright" / "red.jpg")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
+    images, _ = datasets.load_split("folder", tmp_path / "raw", "test")
+    assert images.shape == (5, 3, 8, 8)
+    red = images[2]  # sorted: 0.png, 1.png, red.jpg
+    assert red[0].float().mean() > 150 and red[1].float().mean() < 60
+
+
+def test_folder_dataset_names_the_unreadable_image(tmp_path):
+    base = write_image_folder(tmp_path / "imgs")
+    (base / "train" / "dark" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(CnnlabError, match=r"broken.png: unreadable image"):
+        datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
+
+
+def test_folder_dataset_needs_matching_class_folders(tmp_path):
+    base = write_image_folder(tmp_path / "imgs")
+    (base / "test" / "dark").rename(base / "test" / "grey")
+    with pytest.raises(CnnlabError, match="different class folders"):
+        datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
+    with pytest.raises(CnnlabError, match="data.path must name a folder"):
+        datasets.fetch("folder", tmp_path / "raw", path=None)

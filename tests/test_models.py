@@ -70,3 +70,50 @@ def test_pooling_before_the_relu_computes_the_textbook_network(name):
         net(x).square().sum().backward()
         grads.append([p.grad.clone() for p in net.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_zoo_parameter_counts_follow_torchvision():
+    import torchvision
+    # cnn_small: conv8 3x3, conv16 3x3, one linear head 16*7*7 -> 10
+    assert count_parameters(build("cnn_small", 1, 10, 28)) == 80 + 1_168 + 7_850
+    # AlexNet: torchvision's, minus the first conv's two missing input channels, with a 10-class head
+    reference = count_parameters(torchvision.models.alexnet(num_classes=10))
+    assert count_parameters(build("alexnet", 1, 10, 28)) == reference - 2 * 64 * 11 * 11
+    assert count_parameters(build("alexnet", 3, 10, 32)) == reference
+    resnet = count_parameters(torchvision.models.resnet18(num_classes=10))
+    assert count_parameters(build("resnet18", 3, 10, 32, stem="imagenet")) == resnet
+    assert count_parameters(build("resnet18", 3, 10, 32, stem="cifar")) == resnet - 64 * 3 * (49 - 9)
+
+
+def test_alexnet_resizes_each_batch_to_its_input_size():
+    model = build("alexnet", 1, 10, 28, input_size=100).eval()
+    seen = []
+    model.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    model(torch.randn(2, 1, 28, 28))
+    assert seen == [torch.Size([2, 1, 100, 100])]
+    with pytest.raises(CnnlabError, match="alexnet.input_size must be >= 63"):
+        build("alexnet", 1, 10, 28, input_size=32)
+
+
+def test_resnet18_stems():
+    x = torch.randn(2, 3, 32, 32)
+    sizes = {}
+    for stem in ("cifar", "imagenet"):
+        model = build("resnet18", 3, 10, 32, stem=stem).eval()
+        sizes[stem] = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x))))).shape[-1]
+    assert sizes == {"cifar": 32, "imagenet": 8}
+
+
+def test_weights_load_from_a_local_state_dict_and_mismatches_are_clear(tmp_path):
+    from cnnlab.models import load_weights
+    source = build("cnn_small", 1, 10, 28)
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    target = build("cnn_small", 1, 10, 28)
+    load_weights(target, tmp_path / "plain.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    with pytest.raises(CnnlabError, match="does not fit this model: 1 shape mismatch .*0.weight"):
+        load_weights(build("cnn_small", 3, 10, 28), tmp_path / "plain.pt")
+    with pytest.raises(CnnlabError, match="missing.*check the dataset"):
+        load_weights(build("lenet", 1, 10, 28), tmp_path / "plain.pt")
+    with pytest.raises(CnnlabError, match="weights file not found"):
+        load_weights(target, tmp_path / "nope.pt")

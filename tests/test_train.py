@@ -1,12 +1,14 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from cnnlab.batches import DeviceSplit
-from cnnlab.models import build
+from cnnlab.models import MODELS, build, count_parameters
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
-from cnnlab.train import EarlyStopping, evaluate_split, fit
+from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
 from conftest import synthetic_digits
 
 CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
@@ -135,3 +137,76 @@ def test_mixed_precision_trains_like_fp32(precision):
         accuracies[mode] = result.val_accuracy
     assert accuracies[precision] > 0.8
     assert abs(accuracies[precision] - accuracies["fp32"]) < 0.1
+
+
+def prepared_dir(tmp_path, channels, n_train=60):
+    """A prepared dataset on disk (as the prepare stage writes it) with 1 or 3 channels."""
+    from conftest import colour_digits
+    from cnnlab.prepare import prepare, save_prepared
+    size = 28 if channels == 1 else 32
+    if channels == 1:
+        (xt, yt), (xs, ys) = synthetic_digits(n_train, 1), synthetic_digits(20, 2)
+        xt, xs = xt[:, None], xs[:, None]
+    else:
+        (xt, yt), (xs, ys) = colour_digits(n_train, 1, size), colour_digits(20, 2, size)
+    options = {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.25,
+               "val_size": None, "class_fraction": {}, "seed": 0}
+    splits = prepare((torch.from_numpy(xt), torch.from_numpy(yt).long()),
+                     (torch.from_numpy(xs), torch.from_numpy(ys).long()), tuple("0123456789"), options)
+    save_prepared(splits, tmp_path / "prepared")
+    return tmp_path / "prepared"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name, channels):
+    from conftest import base_params
+    from cnnlab.models import load_checkpoint
+    params = base_params()
+    params[name] = {**params[name], "epochs": 1, "batch_size": 16, "progress": False, "eval_batch_size": 64}
+    prepared = prepared_dir(tmp_path, channels)
+    ckpt, metrics, history, steps = train_model(name, params, prepared)
+    assert metrics["parameters"] == count_parameters(build(name, channels, 10, 28 if channels == 1 else 32,
+                                                           **{k: v for k, v in params[name].items()
+                                                              if k in ("input_size", "stem", "hidden", "dropout")}))
+    assert len(history) == 1 and [s["step"] for s in steps] == [1, 2, 3]   # 45 images in batches of 16
+    assert all(math.isfinite(s["loss"]) and 0 <= s["accuracy"] <= 1 for s in steps)
+    torch.save(ckpt, tmp_path / "model.pt")
+    model, _ = load_checkpoint(tmp_path / "model.pt", torch.device("cpu"))
+    assert model(torch.zeros(2, channels, 28 if channels == 1 else 32, 28 if channels == 1 else 32)).shape == (2, 10)
+
+
+def test_per_step_history_matches_the_epoch_means():
+    train, val = splits()
+    result = fit(build("mlp", 1, 10, 28), train, val, {**CFG, "epochs": 2}, torch.Generator().manual_seed(0))
+    assert len(result.steps) == 2 * train.num_batches(CFG["batch_size"])
+    first = [s for s in result.steps if s["epoch"] == 1]
+    sizes = [32] * (len(first) - 1) + [len(train) - 32 * (len(first) - 1)]
+    mean_loss = sum(s["loss"] * n for s, n in zip(first, sizes)) / len(train)
+    assert mean_loss == pytest.approx(result.history[0]["train_loss"], rel=1e-5)
+
+
+def test_label_smoothing_and_augmentation_change_training_but_still_learn():
+    train, val = splits()
+    results = {}
+    for label, extra in (("plain", {}), ("smooth", {"label_smoothing": 0.1}),
+                         ("augmented", {"augment": {**CFG["augment"], "shift": 0.05, "noise": 0.02}})):
+        seed_everything(0)
+        result = fit(build("lenet", 1, 10, 28), train, val, {**CFG, **extra}, torch.Generator().manual_seed(0))
+        results[label] = result
+    assert results["smooth"].history[0]["train_loss"] != results["plain"].history[0]["train_loss"]
+    assert results["augmented"].history[0]["train_loss"] != results["plain"].history[0]["train_loss"]
+    assert all(r.val_accuracy > 0.8 for r in results.values())
+
+
+def test_starting_weights_come_from_the_model_section(tmp_path):
+    from conftest import base_params
+    params = base_params()
+    prepared = prepared_dir(tmp_path, 1)
+    start = build("cnn_small", 1, 10, 28)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    params["cnn_small"] = {"epochs": 1, "lr": 1e-9, "progress": False, "weights": str(tmp_path / "start.pt"),
+                           "scheduler": "none", "optimizer": "sgd", "momentum": 0.0}
+    ckpt, _, _, _ = train_model("cnn_small", params, prepared)
+    for key, value in start.state_dict().items():  # a 1e-9 step leaves the loaded weights in place
+        assert torch.allclose(ckpt["state_dict"][key], value, atol=1e-6)

@@ -151,11 +151,14 @@ def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list
              "confidence": float(confidence[i])} for i in order]
 
 
+CLASSES_DRAWN = 10  # per-image figures show the first 10 classes (CIFAR-100 would need 100 rows)
+
+
 def one_per_class(labels: torch.Tensor, per_class: int, num_classes: int, seed: int) -> torch.Tensor:
-    """`per_class` test images of every class (seeded), grouped by class."""
+    """`per_class` test images of each of the first CLASSES_DRAWN classes (seeded), grouped by class."""
     generator = torch.Generator().manual_seed(seed)
     chosen = []
-    for cls in range(num_classes):
+    for cls in range(min(num_classes, CLASSES_DRAWN)):
         members = torch.nonzero(labels == cls).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return torch.cat(chosen)

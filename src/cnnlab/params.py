@@ -147,6 +147,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
         "dataset": _choice(*DATASETS),
         "verify_checksums": _boolean,
+        "path": _optional_text,
+        "image_size": _integer(8),
     },
     "prepare": {
         "train_size": _integer(1, optional=True),
