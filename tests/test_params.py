@@ -37,7 +37,7 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda r: r["data"].update(dataset="imagenet"), "data.dataset must be one of mnist, fashion_mnist, kmnist; got 'imagenet'"),
+    (lambda r: r["data"].update(dataset="imagenet"), "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, cifar100, svhn, folder; got 'imagenet'"),
     (lambda r: r["train"].update(epochs=0), "train.epochs must be an integer >= 1; got 0"),
     (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1; got -3"),
     (lambda r: r["train"].update(lr="fast"), "train.lr must be a number > 0; got 'fast'"),
