@@ -88,6 +88,27 @@ def md5_of(path: Path, gzipped: bool = False) -> str:
     return digest.hexdigest()
 
 
+def _check_md5(path: Path, name: str, expected: str) -> None:
+    """A file whose whole-file MD5 is known (CIFAR's batches and archive, SVHN's .mat files)."""
+    actual = md5_of(path)
+    if actual != expected:
+        raise CnnlabError(f"{path}: corrupt or not the original {name}: MD5 {actual}, expected {expected}; "
+                          f"replace it with the original file")
+
+
+def _place(source: Path, workdir: Path, raw: Path, name: str) -> None:
+    """Copy a verified file into raw/ atomically: a copy under workdir first, then a rename."""
+    shutil.copyfile(source, workdir / f"{name}.part")
+    os.replace(workdir / f"{name}.part", raw / name)
+
+
+def _downloaded(path: Path) -> Path:
+    """`path`, which the download stage writes; a clear line when it has not run."""
+    if not path.is_file():
+        raise CnnlabError(f"{path}: missing; run the download stage first (dvc repro download)")
+    return path
+
+
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as stream:
         return stream.read(2) == b"\x1f\x8b"
@@ -201,8 +222,7 @@ def _load_idx(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Tensor, 
     raw = root / spec.folder / "raw"
     image_file, label_file = (raw / name for name in SPLIT_FILES[split])
     for path in (image_file, label_file):
-        if not path.is_file():
-            raise CnnlabError(f"{path}: missing; run the download stage first (dvc repro download)")
+        _downloaded(path)
     try:
         images, labels = read_image_file(str(image_file)), read_label_file(str(label_file))
     except Exception as err:  # torchvision raises assertions/ValueErrors on malformed IDX
@@ -241,20 +261,17 @@ def _fetch_cifar(spec: DatasetSpec, root: Path, mirror: Path | None, verify: boo
                         f"there (as torchvision stores them), or unset {MIRROR_ENV} to download")
             else:
                 archive = _download_url(spec.source.url, archive_name, archive_md5, workdir, spec.folder)
-            if verify and md5_of(archive) != archive_md5:
-                raise CnnlabError(f"{archive}: corrupt or not the original {archive_name}: MD5 "
-                                  f"{md5_of(archive)}, expected {archive_md5}; replace it with the original file")
+            if verify:
+                _check_md5(archive, archive_name, archive_md5)
             _extract(archive, workdir)
             source_dir = workdir / spec.folder
         for name, md5 in _cifar_files(spec):
             path = source_dir / name
             if not path.is_file():
                 raise CnnlabError(f"{path}: missing from {spec.name}; replace the folder with the original")
-            if verify and md5_of(path) != md5:
-                raise CnnlabError(f"{path}: corrupt or not the original {name}: MD5 {md5_of(path)}, "
-                                  f"expected {md5}; replace it with the original file")
-            shutil.copyfile(path, workdir / f"{name}.part")
-            os.replace(workdir / f"{name}.part", raw / name)
+            if verify:
+                _check_md5(path, name, md5)
+            _place(path, workdir, raw, name)
     return raw
 
 
@@ -292,8 +309,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def _read_cifar_file(path: Path) -> dict:
-    if not path.is_file():
-        raise CnnlabError(f"{path}: missing; run the download stage first (dvc repro download)")
+    _downloaded(path)
     try:
         with open(path, "rb") as stream:
             blob = _ArraysOnly(stream, encoding="latin1").load()
@@ -348,20 +364,16 @@ def _fetch_svhn(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool
                                       f"file there, or unset {MIRROR_ENV} to download it")
             else:
                 source = _download_url(url, name, md5, workdir, f"{spec.folder}/{name}")
-            if verify and md5_of(source) != md5:
-                raise CnnlabError(f"{source}: corrupt or not the original {name}: MD5 {md5_of(source)}, "
-                                  f"expected {md5}; replace it with the original file")
-            shutil.copyfile(source, workdir / f"{name}.part")
-            os.replace(workdir / f"{name}.part", raw / name)
+            if verify:
+                _check_md5(source, name, md5)
+            _place(source, workdir, raw, name)
     return raw
 
 
 def _load_svhn(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
     from scipy.io import loadmat
-    path = root / spec.folder / _svhn_files(spec)[split][1]
-    if not path.is_file():
-        raise CnnlabError(f"{path}: missing; run the download stage first (dvc repro download)")
+    path = _downloaded(root / spec.folder / _svhn_files(spec)[split][1])
     try:
         mat = loadmat(path)  # MATLAB v5 arrays: plain data, nothing executable
         images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1)   # HWCN -> NCHW
@@ -387,30 +399,29 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
-def _decode_images(files: list[tuple[str, int]], image_size: int, mode: str) -> torch.Tensor:
+def _read_image(path: str, read):
+    """read(PIL image) for one file; an unreadable file stops with its path."""
     from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            return read(image)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
+
+
+def _decode_images(files: list[tuple[str, int]], image_size: int, mode: str) -> torch.Tensor:
+    from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
     out = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
     for i, (path, _) in enumerate(files):
-        try:
-            with Image.open(path) as image:
-                image = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
-        out[i] = pil_to_tensor(image)
+        out[i] = _read_image(path, lambda image: pil_to_tensor(
+            image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
     return out
 
 
 def _is_grayscale(files: list[tuple[str, int]]) -> bool:
-    from PIL import Image, UnidentifiedImageError
-    for path, _ in files:
-        try:
-            with Image.open(path) as image:
-                if image.mode not in ("1", "L", "I", "I;16", "F"):
-                    return False
-        except (UnidentifiedImageError, OSError) as err:
-            raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
-    return True
+    # opening reads only the header, so this pass costs little beside the decoding
+    return all(_read_image(path, lambda image: image.mode in ("1", "L", "I", "I;16", "F")) for path, _ in files)
 
 
 def _fetch_folder(spec: DatasetSpec, root: Path, path: str | None, image_size: int) -> Path:
@@ -437,15 +448,9 @@ def _fetch_folder(spec: DatasetSpec, root: Path, path: str | None, image_size: i
 
 
 def _folder_classes(folder: Path) -> list[str]:
-    try:
-        return (folder / "classes.txt").read_text().split("\n")[:-1]
-    except FileNotFoundError:
-        raise CnnlabError(f"{folder / 'classes.txt'}: missing; run the download stage first (dvc repro download)") from None
+    return _downloaded(folder / "classes.txt").read_text().split("\n")[:-1]
 
 
 def _load_folder(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    path = root / spec.folder / f"{split}.pt"
-    if not path.is_file():
-        raise CnnlabError(f"{path}: missing; run the download stage first (dvc repro download)")
-    blob = torch.load(path, weights_only=True)
+    blob = torch.load(_downloaded(root / spec.folder / f"{split}.pt"), weights_only=True)
     return blob["images"], blob["labels"]
