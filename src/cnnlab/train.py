@@ -148,6 +148,9 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     # torch.compile pays a compile time up front for faster steps; the original module is kept for
     # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
     step_model = torch.compile(model) if cfg["compile"] else model
+    # every batch is full but the last: its size is known before the epoch, not recorded per step
+    step_size = torch.full((steps,), cfg["batch_size"], device=device, dtype=torch.long)
+    step_size[-1] = len(train) - (steps - 1) * cfg["batch_size"]
     start = time.perf_counter()
     pass_seconds = 0.0
     for epoch in range(1, cfg["epochs"] + 1):
@@ -156,7 +159,6 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
         # per-batch loss and accuracy stay on the device (no host sync inside the step)
         step_loss = torch.zeros(steps, device=device)
         step_correct = torch.zeros(steps, device=device, dtype=torch.long)
-        step_size = torch.zeros(steps, device=device, dtype=torch.long)
         step_lr = []
         bar = tqdm(train.batches(cfg["batch_size"], generator, augment), total=steps, leave=False,
                    mininterval=1.0, desc=f"{label} epoch {epoch}/{cfg['epochs']}", disable=not cfg["progress"])
@@ -174,7 +176,6 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
                 scheduler.step()
             step_loss[i] = loss.detach()
             step_correct[i] = (logits.detach().argmax(1) == y).sum()
-            step_size[i] = len(y)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_step:
             scheduler.step()
