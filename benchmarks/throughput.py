@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cnnlab import CnnlabError, datasets, params as params_mod
+from cnnlab import CnnlabError, params as params_mod
+from cnnlab.datasets import formats as datasets
+from cnnlab.datasets.files import mirror_from_env
 from cnnlab.models import build, textbook_order
 from cnnlab.prepare import load_prepared, prepare, save_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
@@ -60,7 +62,7 @@ def make_project(workdir: Path, mirror: Path | None) -> Path:
     raw_root = project / "data" / "raw"
     datasets.fetch("mnist", raw_root, mirror, verify=True)
     splits = prepare(datasets.load_split("mnist", raw_root, "train"), datasets.load_split("mnist", raw_root, "test"),
-                     datasets.DATASETS["mnist"].classes, params["prepare"])
+                     datasets.class_names("mnist", raw_root), params["prepare"])
     save_prepared(splits, project / "data" / "prepared")
     return project
 
@@ -181,7 +183,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    mirror = datasets.mirror_from_env()
+    mirror = mirror_from_env()
     with tempfile.TemporaryDirectory() as tmp:
         project = make_project(Path(tmp), mirror)
         prepared, raw_root = project / "data" / "prepared", project / "data" / "raw"

@@ -1,22 +1,19 @@
 """Fetch the raw dataset files into data/raw (from $CNNLAB_DATA_MIRROR when set), verified."""
-from pathlib import Path
-
-from cnnlab import datasets, params
+from cnnlab import params, paths
+from cnnlab.datasets import formats as datasets
+from cnnlab.datasets.files import mirror_from_env
 from cnnlab.outputs import run_stage, staged_outputs
 
 
 def main():
-    data = params.load()["data"]
-    mirror = datasets.mirror_from_env()
+    data = params.for_stage("download")["data"]
+    mirror = mirror_from_env()
     with staged_outputs() as out:
-        raw = datasets.fetch(data["dataset"], out.path(Path("data/raw")), mirror, data["verify_checksums"],
-                             data["path"], data["image_size"])
-        files = len(list(raw.iterdir()))
-    if data["dataset"] == "folder":
-        print(f"download: decoded the images under {data['path']} at {data['image_size']}x{data['image_size']}")
-        return
+        raw = datasets.fetch(data["dataset"], out.path(paths.RAW), mirror, data["verify_checksums"], data["path"])
+        files = sum(1 for p in raw.rglob("*") if p.is_file())
+    source = data["path"] if data["dataset"] == "folder" else mirror or "the network"
     checked = "verified" if data["verify_checksums"] else "NOT verified (data.verify_checksums: false)"
-    print(f"download: {data['dataset']} from {mirror or 'the network'}: {files} files, {checked}")
+    print(f"download: {data['dataset']} from {source}: {files} files, {checked}")
 
 
 if __name__ == "__main__":

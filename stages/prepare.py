@@ -1,20 +1,18 @@
 """Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
-from pathlib import Path
-
-from cnnlab import datasets, params
+from cnnlab import params, paths
+from cnnlab.datasets import formats as datasets
 from cnnlab.outputs import run_stage, staged_outputs
 from cnnlab.prepare import prepare, save_prepared
 
 
 def main():
-    loaded = params.load()
-    name = loaded["data"]["dataset"]
-    raw = Path("data/raw")
-    splits = prepare(datasets.load_split(name, raw, "train"), datasets.load_split(name, raw, "test"),
-                     datasets.class_names(name, raw), loaded["prepare"])
+    loaded = params.for_stage("prepare")
+    name, size = loaded["data"]["dataset"], loaded["data"]["image_size"]
+    splits = prepare(datasets.load_split(name, paths.RAW, "train", size), datasets.load_split(name, paths.RAW, "test", size),
+                     datasets.class_names(name, paths.RAW), loaded["prepare"])
     splits["info"]["dataset"] = name
     with staged_outputs() as out:
-        save_prepared(splits, out.path(Path("data/prepared")))
+        save_prepared(splits, out.path(paths.PREPARED))
     print(f"prepare: {name} " + ", ".join(f"{k} {v}" for k, v in splits["info"]["sizes"].items()))
 
 

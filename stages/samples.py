@@ -1,24 +1,22 @@
 """Once per prepared dataset: a grid of sample training images per class, and the class counts used."""
-import matplotlib.pyplot as plt
-
-from cnnlab import params
-from cnnlab.analyze import samples_figure
+from cnnlab import params, paths
+from cnnlab.figures import samples_figure
 from cnnlab.outputs import run_stage, staged_outputs
-from cnnlab.prepare import load_prepared
+from cnnlab.prepare import load_prepared, one_per_class
+
+PER_CLASS = 8
 
 
 def main():
-    options = params.load()["analyze"]
-    data = load_prepared("data/prepared", ("train",))
-    images, labels = data["train"]
-    fig = samples_figure(images, labels, data["info"]["classes"], 8, options["seed"])
+    options = params.for_stage("samples")["analyze"]
+    data = load_prepared(paths.PREPARED, ("train",))
+    (images, labels), info = data["train"], data["info"]
+    index = one_per_class(labels, PER_CLASS, len(info["classes"]), options["seed"])
+    target = paths.outputs("samples")
     with staged_outputs() as out:
-        out.figure("plots/analysis/samples.png", fig, dpi=options["dpi"])
-        info = data["info"]
-        out.json("metrics/data.json", {"classes": info["classes"], "sizes": info["sizes"],
-                                       "class_counts": info["class_counts"]})
-    plt.close("all")
-    print(f"samples: {len(data['info']['classes'])} classes")
+        out.figure(target.figure, samples_figure(images, labels, info["classes"], index, PER_CLASS), dpi=options["dpi"])
+        out.json(target.data, {"classes": info["classes"], "sizes": info["sizes"], "class_counts": info["class_counts"]})
+    print(f"samples: {len(info['classes'])} classes")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.analyze import (capture_activations, grad_cam, image_likeness, leaf_modules, most_confused,
-                            one_per_class, penultimate_features, salt_and_pepper, tsne_2d)
+from cnnlab.analyze import capture_activations, grad_cam, image_likeness, leaf_modules, most_confused, tsne_2d
+from cnnlab.augment import salt_and_pepper
 from cnnlab.batches import DeviceSplit
+from cnnlab.inference import embeddings
+from cnnlab.prepare import one_per_class
 from cnnlab.models import MODELS, build
 
 
@@ -28,7 +30,7 @@ def test_every_model_yields_penultimate_features_and_activations(name):
     model = build(name, 1, 10, 28)
     images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
     data = DeviceSplit(images, torch.randint(0, 10, (20,)), [0.5], [0.25], torch.device("cpu"))
-    features = penultimate_features(model, data, torch.arange(20), 8)
+    features = embeddings(model, data, torch.arange(20), 8)
     assert features.shape[0] == 20 and features.dim() == 2
     records = capture_activations(model, data.normalise(images[:2]))
     # every leaf module reports each of its calls (ResNet's blocks call their ReLU twice)

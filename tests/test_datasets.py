@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import CnnlabError, datasets
+from cnnlab import CnnlabError
+from cnnlab.datasets import DATASETS, DatasetSpec, idx
+from cnnlab.datasets import formats as datasets
 from conftest import make_mirror, synthetic_digits, write_idx
 
 
@@ -25,7 +27,7 @@ def test_gzipped_and_plain_mirrors_give_the_same_content(tmp_path):
     zipped = make_mirror(tmp_path / "zipped", n_train=30, n_test=10, gz=True)
     a = datasets.fetch("mnist", tmp_path / "a", plain, verify=False)
     b = datasets.fetch("mnist", tmp_path / "b", zipped, verify=False)
-    for name, _ in datasets.DATASETS["mnist"].files():
+    for name, _ in idx.files(DATASETS["mnist"]):
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
@@ -45,8 +47,8 @@ def test_checksum_is_of_the_uncompressed_content(tmp_path, monkeypatch):
     content = {p.name[:-3]: hashlib.md5(gzip.decompress(p.read_bytes())).hexdigest() for p in raw.glob("*.gz")}
     recompressed = raw / "train-images-idx3-ubyte.gz"
     recompressed.write_bytes(gzip.compress(gzip.decompress(recompressed.read_bytes()), compresslevel=1))
-    spec = datasets.DATASETS["mnist"]
-    monkeypatch.setitem(datasets.DATASETS, "mnist", datasets.DatasetSpec("mnist", spec.source, spec.classes, content))
+    spec = DATASETS["mnist"]
+    monkeypatch.setitem(DATASETS, "mnist", DatasetSpec("mnist", spec.folder, spec.format, {**spec.meta, "content_md5": content}))
     out = datasets.fetch("mnist", tmp_path / "raw", mirror, verify=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(content)
 
@@ -74,12 +76,8 @@ def test_datasets_without_content_checksum_need_the_original_archive(tmp_path):
 
 
 def test_no_network_and_no_mirror_gives_one_clear_line(tmp_path, monkeypatch):
-    spec = datasets.DATASETS["mnist"]
-
-    class Unreachable(spec.source):
-        mirrors = ["http://127.0.0.1:9/"]  # discard port: refused at once
-
-    monkeypatch.setitem(datasets.DATASETS, "mnist", datasets.DatasetSpec("mnist", Unreachable, spec.classes))
+    import torchvision.datasets
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port: refused at once
     with pytest.raises(CnnlabError, match="could not download train-images-idx3-ubyte.gz .*set CNNLAB_DATA_MIRROR"):
         datasets.fetch("mnist", tmp_path / "raw", None)
 
@@ -196,8 +194,8 @@ def write_image_folder(base, mode="L", size=20):
 
 def test_folder_dataset_decodes_grayscale_at_the_asked_size(tmp_path):
     base = write_image_folder(tmp_path / "imgs")
-    datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=16)
-    images, labels = datasets.load_split("folder", tmp_path / "raw", "train")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    images, labels = datasets.load_split("folder", tmp_path / "raw", "train", image_size=16)
     assert images.shape == (8, 1, 16, 16) and images.dtype == torch.uint8
     assert datasets.class_names("folder", tmp_path / "raw") == ("bright", "dark")
     assert labels.tolist() == [0] * 4 + [1] * 4
@@ -208,8 +206,8 @@ def test_folder_dataset_with_any_colour_image_is_rgb(tmp_path):
     from PIL import Image
     base = write_image_folder(tmp_path / "imgs")
     Image.new("RGB", (10, 10), (200, 10, 10)).save(base / "test" / "bright" / "red.jpg")
-    datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
-    images, _ = datasets.load_split("folder", tmp_path / "raw", "test")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    images, _ = datasets.load_split("folder", tmp_path / "raw", "test", image_size=8)
     assert images.shape == (5, 3, 8, 8)
     red = images[2]  # sorted: 0.png, 1.png, red.jpg
     assert red[0].float().mean() > 150 and red[1].float().mean() < 60
@@ -219,13 +217,13 @@ def test_folder_dataset_names_the_unreadable_image(tmp_path):
     base = write_image_folder(tmp_path / "imgs")
     (base / "train" / "dark" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(CnnlabError, match=r"broken.png: unreadable image"):
-        datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
+        datasets.fetch("folder", tmp_path / "raw", path=str(base))
 
 
 def test_folder_dataset_needs_matching_class_folders(tmp_path):
     base = write_image_folder(tmp_path / "imgs")
     (base / "test" / "dark").rename(base / "test" / "grey")
     with pytest.raises(CnnlabError, match="different class folders"):
-        datasets.fetch("folder", tmp_path / "raw", path=str(base), image_size=8)
+        datasets.fetch("folder", tmp_path / "raw", path=str(base))
     with pytest.raises(CnnlabError, match="data.path must name a folder"):
         datasets.fetch("folder", tmp_path / "raw", path=None)

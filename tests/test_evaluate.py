@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.batches import DeviceSplit
-from cnnlab.evaluate import predict, scores
+from cnnlab.evaluate import scores
+from cnnlab.inference import score
 
 
 def test_scores_on_a_hand_worked_example():
@@ -33,8 +34,10 @@ def test_predict_matches_a_direct_forward_pass():
     labels = torch.randint(0, 3, (37,))
     data = DeviceSplit(images, labels, [0.5], [0.25], torch.device("cpu"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    predicted, loss = predict(model, data, batch_size=10)
+    result = score(model, data, batch_size=10)
     x = (images.float() / 255 - 0.5) / 0.25
     logits = model(x)
-    assert np.array_equal(predicted, logits.argmax(1).numpy())
-    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert np.array_equal(result.predicted.numpy(), logits.argmax(1).numpy())
+    assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result.accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert torch.allclose(result.probabilities, F.softmax(logits, 1), atol=1e-6)

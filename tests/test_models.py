@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torchvision
 
 from cnnlab import CnnlabError
-from cnnlab.models import MODELS, build, checkpoint, count_parameters, load_checkpoint
+from cnnlab.checkpoints import checkpoint, count_parameters, load_checkpoint
+from cnnlab.models import MODELS, build
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -91,8 +93,21 @@ def test_alexnet_resizes_each_batch_to_its_input_size():
     model.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     model(torch.randn(2, 1, 28, 28))
     assert seen == [torch.Size([2, 1, 100, 100])]
-    with pytest.raises(CnnlabError, match="alexnet.input_size must be >= 63"):
-        build("alexnet", 1, 10, 28, input_size=32)
+    assert type(model) is torchvision.models.AlexNet  # torchvision's own class: its state-dict keys
+
+
+def test_model_options_are_checked_as_their_signatures_declare():
+    from conftest import REPO
+    from cnnlab.params import load
+    import yaml
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, value, message in (("alexnet", {"input_size": 32}, "alexnet.input_size must be an integer >= 63"),
+                                    ("mlp", {"hidden": 10**9}, "mlp.hidden must be an integer >= 1 and <= 65536"),
+                                    ("cnn", {"dropout": 1.0}, "cnn.dropout must be a finite number >= 0 and < 1"),
+                                    ("resnet18", {"stem": "vgg"}, "resnet18.stem must be one of cifar, imagenet")):
+        from cnnlab.params import validate
+        with pytest.raises(CnnlabError, match=message):
+            validate({**raw, section: value})
 
 
 def test_resnet18_stems():
@@ -105,7 +120,7 @@ def test_resnet18_stems():
 
 
 def test_weights_load_from_a_local_state_dict_and_mismatches_are_clear(tmp_path):
-    from cnnlab.models import load_weights
+    from cnnlab.checkpoints import load_weights
     source = build("cnn_small", 1, 10, 28)
     torch.save(source.state_dict(), tmp_path / "plain.pt")
     target = build("cnn_small", 1, 10, 28)

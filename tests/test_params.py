@@ -38,9 +38,9 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
 
 @pytest.mark.parametrize("edit,expected", [
     (lambda r: r["data"].update(dataset="imagenet"), "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, cifar100, svhn, folder; got 'imagenet'"),
-    (lambda r: r["train"].update(epochs=0), "train.epochs must be an integer >= 1; got 0"),
-    (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1; got -3"),
-    (lambda r: r["train"].update(lr="fast"), "train.lr must be a number > 0; got 'fast'"),
+    (lambda r: r["train"].update(epochs=0), "train.epochs must be an integer >= 1 and <= 10000; got 0"),
+    (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1 and <= 10000; got -3"),
+    (lambda r: r["train"].update(lr="fast"), "train.lr must be a finite number > 0 and <= 10; got 'fast'"),
     (lambda r: r["train"].update(optimizer="rmsprop"), "train.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
     (lambda r: r["train"].update(memory_format="nhwc"),
      "train.memory_format must be one of auto, channels_last, contiguous; got 'nhwc'"),
@@ -53,8 +53,8 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
     (lambda r: r["train"].update(epoch=3), "unknown key 'train.epoch' (allowed: epochs, batch_size"),
     (lambda r: r["lenet"].update(dropout=0.1) if isinstance(r["lenet"], dict) else r.update(lenet={"dropout": 0.1}),
      "unknown key 'lenet.dropout'"),
-    (lambda r: r["mlp"].update(dropout=1.5), "mlp.dropout must be a number >= 0 and < 1; got 1.5"),
-    (lambda r: r["prepare"].update(val_fraction=1.0), "prepare.val_fraction must be a number > 0 and < 1"),
+    (lambda r: r["mlp"].update(dropout=1.5), "mlp.dropout must be a finite number >= 0 and < 1; got 1.5"),
+    (lambda r: r["prepare"].update(val_fraction=1.0), "prepare.val_fraction must be a finite number > 0 and < 1"),
     (lambda r: r["data"].pop("dataset"), "missing key 'data.dataset'"),
 ])
 def test_bad_params_name_the_key_and_the_allowed_values(raw, edit, expected):
@@ -76,3 +76,49 @@ def test_invalid_yaml_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(CnnlabError, match=r"not valid YAML at line \d"):
         load(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda r: r["train"].update(lr=float("inf")), "train.lr must be a finite number > 0 and <= 10; got inf"),
+    (lambda r: r["train"].update(weight_decay=float("inf")), "train.weight_decay must be a finite number"),
+    (lambda r: r["train"].update(gamma=float("nan")), "train.gamma must be a finite number"),
+    (lambda r: r.update(lenet=False), "lenet must be a mapping of"),
+    (lambda r: r.update(lenet=0), "lenet must be a mapping of"),
+    (lambda r: r.update(lenet=[]), "lenet must be a mapping of"),
+    (lambda r: r.update(models=[["mlp"]]), "models must be a non-empty list of distinct names"),
+    (lambda r: r["mlp"].update(hidden=10**9), "mlp.hidden must be an integer >= 1 and <= 65536"),
+    (lambda r: r["data"].update(image_size=10**6), "data.image_size must be an integer >= 8 and <= 1024"),
+    (lambda r: r["report"].update(dpi=10**6), "report.dpi must be an integer >= 30 and <= 300"),
+])
+def test_non_finite_and_unbounded_values_are_refused(raw, edit, expected):
+    edit(raw)
+    assert expected in error_for(raw)
+
+
+def test_duplicate_keys_are_refused_as_dvc_refuses_them(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("report:\n", "report:\n  dpi: 50\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=r"not valid YAML at line \d+ \(duplicate key 'dpi'\)"):
+        load(tmp_path / "params.yaml")
+
+
+def test_a_stage_sees_only_the_params_dvc_yaml_declares_for_it():
+    from cnnlab.params import for_stage
+    train = for_stage("train", "lenet", REPO / "params.yaml")
+    assert set(train) == {"train", "lenet"}
+    assert train["train"]["epochs"] >= 1
+    with pytest.raises(CnnlabError, match="stage 'train' reads params 'analyze' but does not declare it"):
+        train["analyze"]
+    samples = for_stage("samples", path=REPO / "params.yaml")
+    assert set(samples["analyze"]) == {"seed", "dpi"}
+    with pytest.raises(CnnlabError, match="stage 'samples' reads params 'analyze.tsne_samples'"):
+        samples["analyze"]["tsne_samples"]
+
+
+def test_params_load_without_torch():
+    """Every stage validates params.yaml; that must not cost torch's import (seconds)."""
+    import subprocess
+    import sys
+    code = "import sys, cnnlab.params; cnnlab.params.load('params.yaml'); print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

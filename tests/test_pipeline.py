@@ -100,7 +100,7 @@ def test_a_report_option_reruns_only_the_report(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["report"]["title"] = "Changed title"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(ran(dvc(project, "repro"))) <= {"report", "check_params"}
+    assert set(ran(dvc(project, "repro"))) <= {"report"}
     assert (root / "report/README.md").read_text().startswith("# Changed title")
     subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
     dvc(project, "repro")
@@ -113,7 +113,7 @@ def test_an_analysis_option_never_retrains(project):
     params["analyze"]["noise_levels"] = [0, 0.3]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = set(ran(dvc(project, "repro")))
-    assert {f"analyze@{m}" for m in MODELS} <= stages <= {f"analyze@{m}" for m in MODELS} | {"report", "check_params"}
+    assert {f"analyze@{m}" for m in MODELS} <= stages <= {f"analyze@{m}" for m in MODELS} | {"report"}
     assert set(json.loads((root / "metrics/analysis/lenet.json").read_text())["noise_accuracy"]) == {"0", "0.3"}
     subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
     dvc(project, "repro")

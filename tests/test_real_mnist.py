@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import datasets
+from cnnlab.datasets import formats as datasets
 from cnnlab.evaluate import evaluate_model
 from cnnlab.prepare import prepare, save_prepared
 from cnnlab.train import train_model
@@ -20,7 +20,7 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
     params["train"].update(epochs=2, progress=False)
     splits = prepare(datasets.load_split("mnist", tmp_path / "raw", "train"),
                      datasets.load_split("mnist", tmp_path / "raw", "test"),
-                     datasets.DATASETS["mnist"].classes, params["prepare"])
+                     datasets.class_names("mnist", tmp_path / "raw"), params["prepare"])
     save_prepared(splits, tmp_path / "prepared")
     checkpoint, metrics, history, _ = train_model("lenet", params, tmp_path / "prepared")
     torch.save(checkpoint, tmp_path / "lenet.pt")

@@ -16,6 +16,7 @@ def project_copy(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     shutil.copytree(REPO / "stages", project / "stages")
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     return project
 
 
@@ -52,18 +53,18 @@ def outputs(project: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("stage", ["check_params", "download", "prepare", "train", "evaluate", "samples",
+@pytest.mark.parametrize("stage", ["download", "prepare", "train", "evaluate", "samples",
                                    "analyze", "report"])
 def test_every_stage_rejects_bad_params(tmp_path, stage):
     project = project_copy(tmp_path)
     edit_params(project, train={"epochs": 0})
     args = [f"stages/{stage}.py"] + (["lenet"] if stage in ("train", "evaluate", "analyze") else [])
-    assert_one_line_error(run(project, *args), "train.epochs must be an integer >= 1; got 0")
+    assert_one_line_error(run(project, *args), "train.epochs must be an integer >= 1 and <= 10000; got 0")
     assert outputs(project) == []
 
 
 @pytest.mark.parametrize("section,values,fragment", [
-    ("train", {"lr": "abc"}, "train.lr must be a number > 0; got 'abc'"),
+    ("train", {"lr": "abc"}, "train.lr must be a finite number > 0 and <= 10; got 'abc'"),
     ("data", {"dataset": "mnist2"}, "data.dataset must be one of mnist, fashion_mnist, kmnist"),
     ("bogus", {"x": 1}, "unknown key 'bogus'"),
 ])

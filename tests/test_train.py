@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from cnnlab.batches import DeviceSplit
-from cnnlab.models import MODELS, build, count_parameters
+from cnnlab.checkpoints import count_parameters
+from cnnlab.models import MODELS, build
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
 from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
@@ -116,7 +117,7 @@ def test_channels_last_batches_train_to_the_same_result():
 
 
 def test_precision_auto_is_mixed_on_cuda_only():
-    from cnnlab.train import autocast_dtype
+    from cnnlab.inference import autocast_dtype
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("fp32", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
@@ -161,7 +162,7 @@ def prepared_dir(tmp_path, channels, n_train=60):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name, channels):
     from conftest import base_params
-    from cnnlab.models import load_checkpoint
+    from cnnlab.checkpoints import load_checkpoint
     params = base_params()
     params[name] = {**params[name], "epochs": 1, "batch_size": 16, "progress": False, "eval_batch_size": 64}
     prepared = prepared_dir(tmp_path, channels)

@@ -1,19 +1,17 @@
 """Looking inside a trained model: feature maps, learned filters, t-SNE of embeddings, Grad-CAM,
 the most confident mistakes, and accuracy under salt-and-pepper noise.
 
-Everything here works on any model of the registry: layers are found by type (leaf modules, the last
-Conv2d, the last Linear), never by name, so a new architecture is analysed without changes.
+Everything here works on any model of the registry: layers are found by type and by the order they
+run in, never by name, so a new architecture is analysed without changes. The probes come first,
+then the analyses: each one reads the model and its test images (a Subject) and adds figures,
+tables and numbers to the Findings. `analyze_model` runs them all, in the order of ANALYSES.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # stages run headless
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,12 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from torch import nn
 
+from cnnlab import figures
+from cnnlab.augment import salt_and_pepper
 from cnnlab.batches import DeviceSplit
-from cnnlab.models import load_checkpoint
-from cnnlab.prepare import load_prepared
+from cnnlab.checkpoints import load_checkpoint
+from cnnlab.inference import autocast_dtype, embeddings, score
+from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.runtime import pick_device
 
 
@@ -57,41 +58,32 @@ def capture_activations(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn
     return records
 
 
-def last_of(model: nn.Module, kind: type) -> nn.Module | None:
-    found = [m for m in model.modules() if isinstance(m, kind)]
-    return found[-1] if found else None
+def gradcam_target(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) whose output Grad-CAM weighs: the last Conv2d; None without convolutions."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None
 
 
-@torch.inference_mode()
-def penultimate_features(model: nn.Module, data: DeviceSplit, index: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The input of the classifier's last Linear layer (the embedding the classes are read from)."""
-    head = last_of(model, nn.Linear)
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda mod, inputs: captured.append(inputs[0].flatten(1).float()))
-    try:
-        model.eval()
-        for start in range(0, len(index), batch_size):
-            part = index[start:start + batch_size].to(data.images.device)
-            model(data.normalise(data.images.index_select(0, part)))
-    finally:
-        handle.remove()
-    return torch.cat(captured).cpu()
+def gradcam_layer(model: nn.Module) -> str | None:
+    target = gradcam_target(model)
+    return target[0] if target else None
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM maps on the last Conv2d (upsampled to the input, each scaled to 0..1) and the class
     each map explains (the predicted one unless `target` is given)."""
-    conv = last_of(model, nn.Conv2d)
-    if conv is None:
+    found = gradcam_target(model)
+    if found is None:
         raise ValueError("Grad-CAM needs a convolution layer")
+    layer = found[1]
     saved: dict[str, torch.Tensor] = {}
 
     def keep(mod, inputs, output):
         output.retain_grad()
         saved["act"] = output
 
-    handle = conv.register_forward_hook(keep)
+    handle = layer.register_forward_hook(keep)
     try:
         model.eval()
         with torch.enable_grad():
@@ -109,39 +101,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
     return cam / peak, target
 
 
-def salt_and_pepper(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """uint8 images with a fraction `amount` of pixels replaced, half by 0 (pepper), half by 255 (salt)."""
-    if amount <= 0:
-        return images.clone()
-    draw = torch.rand(images.shape, generator=generator).to(images.device)
-    noisy = images.clone()
-    noisy[draw < amount / 2] = 0
-    noisy[(draw >= amount / 2) & (draw < amount)] = 255
-    return noisy
-
-
-@torch.inference_mode()
-def accuracy_under_noise(model: nn.Module, test: DeviceSplit, levels: list[float], batch_size: int,
-                         seed: int) -> dict[str, float]:
-    """Test accuracy with salt-and-pepper noise at each level (the same noise for every model)."""
-    model.eval()
-    result = {}
-    for level in levels:
-        noisy = salt_and_pepper(test.images.cpu(), level, torch.Generator().manual_seed(seed)).to(test.images.device)
-        correct = 0
-        for start in range(0, len(test), batch_size):
-            logits = model(test.normalise(noisy[start:start + batch_size]))
-            correct += int((logits.argmax(1) == test.labels[start:start + batch_size]).sum())
-        result[f"{level:g}"] = correct / len(test)
-    return result
-
-
-@torch.inference_mode()
-def probabilities(model: nn.Module, data: DeviceSplit, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat([F.softmax(model(x).float(), 1) for x, _ in data.batches(batch_size)]).cpu()
-
-
 def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list[dict]:
     """The misclassified test images the model was most sure about."""
     confidence, predicted = probs.max(1)
@@ -149,19 +108,6 @@ def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list
     order = wrong[confidence[wrong].argsort(descending=True)][:count]
     return [{"index": int(i), "actual": int(labels[i]), "predicted": int(predicted[i]),
              "confidence": float(confidence[i])} for i in order]
-
-
-CLASSES_DRAWN = 10  # per-image figures show the first 10 classes (CIFAR-100 would need 100 rows)
-
-
-def one_per_class(labels: torch.Tensor, per_class: int, num_classes: int, seed: int) -> torch.Tensor:
-    """`per_class` test images of each of the first CLASSES_DRAWN classes (seeded), grouped by class."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls in range(min(num_classes, CLASSES_DRAWN)):
-        members = torch.nonzero(labels == cls).flatten()
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    return torch.cat(chosen)
 
 
 def image_likeness(images: torch.Tensor, activation: torch.Tensor) -> float | None:
@@ -182,188 +128,133 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
-# --- figures -----------------------------------------------------------------------------------
-
-def _show(ax, image: torch.Tensor, cmap="gray"):
-    image = image.float()
-    if image.dim() == 3 and image.shape[0] == 3:
-        image = image.permute(1, 2, 0)
-        image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
-        ax.imshow(image.numpy())
-    else:
-        ax.imshow((image[0] if image.dim() == 3 else image).numpy(), cmap=cmap)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def accuracy_under_noise(model: nn.Module, test: DeviceSplit, levels: list[float], batch_size: int,
+                         seed: int, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Test accuracy with salt-and-pepper noise at each level (the same noise for every model: drawn
+    on the CPU from `seed`, whatever the device)."""
+    result = {}
+    for level in levels:
+        noisy = salt_and_pepper(test.images.cpu(), level, torch.Generator().manual_seed(seed))
+        result[f"{level:g}"] = score(model, test.with_images(noisy), batch_size, dtype, keep=False).accuracy
+    return result
 
 
-def feature_map_figure(title: str, activation: torch.Tensor, row_labels: list[str], max_channels: int):
-    """One row per sample image; for conv outputs one column per channel, for vectors a heatmap."""
-    rows = len(activation)
-    if activation.dim() == 4:
-        channels = min(activation.shape[1], max_channels)
-        fig, axes = plt.subplots(rows, channels, figsize=(0.9 * channels + 0.6, 0.9 * rows + 0.5), squeeze=False)
-        for r in range(rows):
-            for c in range(channels):
-                _show(axes[r][c], activation[r, c], cmap="viridis")
-            axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
-        shown = f"first {channels} of {activation.shape[1]} channels" if channels < activation.shape[1] \
-            else f"{channels} channels"
-        fig.suptitle(f"{title}: {shown}, {activation.shape[2]}x{activation.shape[3]}", fontsize=10)
-    else:
-        values = activation.flatten(1).float()
-        fig, ax = plt.subplots(figsize=(8, 0.3 * rows + 1))
-        ax.imshow(values.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_yticks(range(rows), row_labels)
-        ax.set_xlabel("unit")
-        fig.suptitle(f"{title}: {values.shape[1]} units", fontsize=10)
-    fig.tight_layout()
-    return fig
+# --- the analyses -------------------------------------------------------------------------------
+
+@dataclass
+class Subject:
+    """A trained model and the test images it is looked at with."""
+    name: str
+    model: nn.Module
+    classes: list[str]
+    test: DeviceSplit
+    labels: torch.Tensor       # test labels, on the CPU
+    options: dict              # params.yaml's analyze section
+    dtype: torch.dtype | None  # the autocast it was trained with
+    samples: torch.Tensor      # a few test images per class, for the per-image figures
+    row_labels: list[str]      # their classes' names
+
+    @property
+    def sample_images(self) -> torch.Tensor:
+        return self.test.images.index_select(0, self.samples.to(self.test.images.device))
 
 
-def filters_figure(title: str, weight: torch.Tensor, first_layer: bool, max_channels: int):
-    """First conv layer: every filter for every input channel. Deeper layers: for each output
-    filter, its kernel on the input channel it weights most (largest L2 norm): a real learned
-    kernel rather than an average that cancels out."""
-    weight = weight.detach().float().cpu()
-    outs = min(weight.shape[0], max_channels * 2)
-    if first_layer:
-        kernels, labels = weight[:outs], [f"in {i}" for i in range(weight.shape[1])]
-    else:
-        strongest = weight[:outs].flatten(2).norm(dim=2).argmax(1)
-        kernels, labels = weight[torch.arange(outs), strongest].unsqueeze(1), ["strongest input"]
-    rows = kernels.shape[1]
-    fig, axes = plt.subplots(rows, outs, figsize=(0.6 * outs + 0.8, 0.7 * rows + 0.6), squeeze=False)
-    limit = float(kernels.abs().max())
-    for r in range(rows):
-        for c in range(outs):
-            axes[r][c].imshow(kernels[c, r].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
-            axes[r][c].set_xticks([])
-            axes[r][c].set_yticks([])
-        axes[r][0].set_ylabel(labels[r], rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"{title}: {weight.shape[0]} filters {weight.shape[2]}x{weight.shape[3]} "
-                 f"over {weight.shape[1]} input channels (red +, blue -)", fontsize=10)
-    fig.tight_layout()
-    return fig
+@dataclass
+class Findings:
+    figures: dict = field(default_factory=dict)  # relative path -> matplotlib figure
+    tables: dict = field(default_factory=dict)   # name -> list of rows
+    metrics: dict = field(default_factory=dict)
 
 
-def image_grid(images: torch.Tensor, captions: list[str], columns: int, title: str, overlays=None):
-    rows = math.ceil(len(images) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (image, caption) in enumerate(zip(images, captions)):
-        ax = axes.flat[i]
-        _show(ax, image)
-        if overlays is not None:
-            ax.imshow(overlays[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(caption, fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+def feature_maps(s: Subject, found: Findings) -> None:
+    """Every layer's output for the sample images, and how much each still looks like the input."""
+    raw = s.sample_images
+    layers = []
+    for position, (layer, module, output) in enumerate(capture_activations(s.model, s.test.normalise(raw)), start=1):
+        kind = type(module).__name__
+        layers.append({"layer": layer, "type": kind, "shape": "x".join(map(str, output.shape[1:])),
+                       "image_likeness": image_likeness(raw, output)})
+        found.figures[f"maps/{position:02d}_{layer}_{kind}.png"] = figures.feature_map_figure(
+            f"{s.name} layer {layer} ({kind})", output.cpu(), s.row_labels, s.options["max_channels"])
+    found.tables["layers"] = layers
 
 
-def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str):
-    fig, ax = plt.subplots(figsize=(6, 5.2))
-    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for cls, name in enumerate(classes):
-        mask = labels == cls
-        ax.scatter(points[mask, 0], points[mask, 1], s=4, color=palette(cls % palette.N), label=name)
-    ax.legend(markerscale=3, fontsize=7, loc="best", ncol=2)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+def learned_filters(s: Subject, found: Findings) -> None:
+    convs = [(n, m) for n, m in s.model.named_modules() if isinstance(m, nn.Conv2d)]
+    for i, (layer, conv) in enumerate(convs):
+        found.figures[f"filters/{layer}.png"] = figures.filters_figure(
+            f"{s.name} conv {layer}", conv.weight, i == 0, s.options["max_channels"])
 
 
-# --- the stage's job ---------------------------------------------------------------------------
+def embedding_separation(s: Subject, found: Findings) -> None:
+    """t-SNE of the penultimate features of a seeded test subsample, and silhouette scores of those
+    features and of the raw pixels (how much better than the input the classes are separated)."""
+    seed = s.options["seed"]
+    subsample = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed))
+    subsample = subsample[:s.options["tsne_samples"]].sort().values
+    features = embeddings(s.model, s.test, subsample, s.options["batch_size"], s.dtype).numpy()
+    pixels = s.test.normalise(s.test.images.index_select(0, subsample.to(s.test.images.device))).flatten(1)
+    sub_labels = s.labels[subsample].numpy()
+    silhouette = float(silhouette_score(features, sub_labels))
+    silhouette_pixels = float(silhouette_score(pixels.cpu().numpy(), sub_labels))
+    points = tsne_2d(features, s.options["tsne_perplexity"], seed)
+    found.figures["tsne.png"] = figures.tsne_figure(
+        points, sub_labels, s.classes, f"{s.name}: t-SNE of {features.shape[1]}-d penultimate features, "
+        f"{len(sub_labels)} test images\nsilhouette {silhouette:.3f} (raw pixels {silhouette_pixels:.3f})")
+    found.tables["tsne"] = [{"x": float(p[0]), "y": float(p[1]), "label": s.classes[int(c)], "index": int(i)}
+                            for p, c, i in zip(points, sub_labels, subsample)]
+    found.metrics.update(silhouette=silhouette, silhouette_pixels=silhouette_pixels,
+                         tsne_samples=int(len(sub_labels)), feature_dim=int(features.shape[1]))
 
-def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict) -> dict:
+
+def gradcam_maps(s: Subject, found: Findings) -> None:
+    layer = gradcam_layer(s.model)
+    found.metrics["gradcam_layer"] = layer  # a network without convolutions has no Grad-CAM
+    if layer is None:
+        return
+    raw = s.sample_images
+    cam, predicted = grad_cam(s.model, s.test.normalise(raw))
+    captions = [f"true {s.row_labels[i]}, pred {s.classes[int(predicted[i])]}" for i in range(len(s.samples))]
+    found.figures["gradcam.png"] = figures.image_grid(
+        raw.cpu(), captions, min(len(s.samples), 10),
+        f"{s.name}: Grad-CAM on {layer} (for the predicted class)", overlays=cam.cpu())
+
+
+def confident_mistakes(s: Subject, found: Findings) -> None:
+    probs = score(s.model, s.test, s.options["batch_size"], s.dtype).probabilities
+    mistakes = most_confused(probs, s.labels, s.options["top_confused"])
+    if mistakes:
+        images = s.test.images.index_select(0, torch.tensor([m["index"] for m in mistakes],
+                                                            device=s.test.images.device)).cpu()
+        captions = [f"{s.classes[m['actual']]} as {s.classes[m['predicted']]} ({m['confidence']:.0%})"
+                    for m in mistakes]
+        found.figures["confused.png"] = figures.image_grid(
+            images, captions, min(len(mistakes), 8), f"{s.name}: most confident mistakes (true as predicted)")
+    found.tables["mistakes"] = [{**m, "actual": s.classes[m["actual"]], "predicted": s.classes[m["predicted"]]}
+                                for m in mistakes]
+
+
+def noise_robustness(s: Subject, found: Findings) -> None:
+    noise = accuracy_under_noise(s.model, s.test, s.options["noise_levels"], s.options["batch_size"],
+                                 s.options["seed"], s.dtype)
+    found.metrics["noise_accuracy"] = noise
+    found.tables["noise"] = [{"noise": float(k), "accuracy": v} for k, v in noise.items()]
+
+
+ANALYSES = (feature_maps, learned_filters, embedding_separation, gradcam_maps, confident_mistakes, noise_robustness)
+
+
+def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict) -> Findings:
     """Every figure, table and number the analyze stage writes for one model."""
     device = pick_device("auto")
     model, ckpt = load_checkpoint(checkpoint_path, device)
-    classes, seed = ckpt["classes"], options["seed"]
     data = load_prepared(prepared_dir, ("test",))
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device)
     labels = data["test"][1]
-    figures: dict[str, object] = {}
-
-    samples = one_per_class(labels, options["samples_per_class"], len(classes), seed)
-    raw = test.images.index_select(0, samples.to(device))
-    x = test.normalise(raw)
-    row_labels = [classes[int(labels[i])] for i in samples]
-
-    # feature maps of every layer
-    layers = []
-    for position, (layer, module, output) in enumerate(capture_activations(model, x), start=1):
-        kind = type(module).__name__
-        likeness = image_likeness(raw, output)
-        layers.append({"layer": layer, "type": kind, "shape": list(output.shape[1:]), "image_likeness": likeness})
-        figures[f"maps/{position:02d}_{layer}_{kind}.png"] = feature_map_figure(
-            f"{name} layer {layer} ({kind})", output.cpu(), row_labels, options["max_channels"])
-
-    # learned filters
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    for i, (layer, conv) in enumerate(convs):
-        figures[f"filters/{layer}.png"] = filters_figure(f"{name} conv {layer}", conv.weight, i == 0,
-                                                         options["max_channels"])
-
-    # t-SNE and silhouettes
-    generator = torch.Generator().manual_seed(seed)
-    subsample = torch.randperm(len(labels), generator=generator)[:options["tsne_samples"]].sort().values
-    features = penultimate_features(model, test, subsample, 1000).numpy()
-    pixels = test.normalise(test.images.index_select(0, subsample.to(device))).flatten(1).cpu().numpy()
-    sub_labels = labels[subsample].numpy()
-    silhouette = float(silhouette_score(features, sub_labels))
-    silhouette_pixels = float(silhouette_score(pixels, sub_labels))
-    points = tsne_2d(features, options["tsne_perplexity"], seed)
-    figures["tsne.png"] = tsne_figure(points, sub_labels, classes,
-                                      f"{name}: t-SNE of {features.shape[1]}-d penultimate features, "
-                                      f"{len(sub_labels)} test images\nsilhouette {silhouette:.3f} "
-                                      f"(raw pixels {silhouette_pixels:.3f})")
-    tsne_rows = [{"x": float(p[0]), "y": float(p[1]), "label": classes[int(c)], "index": int(i)}
-                 for p, c, i in zip(points, sub_labels, subsample)]
-
-    # Grad-CAM
-    gradcam_layer = None  # a network without convolutions has no Grad-CAM
-    if last_of(model, nn.Conv2d) is not None:
-        cam, predicted = grad_cam(model, x)
-        captions = [f"true {row_labels[i]}, pred {classes[int(predicted[i])]}" for i in range(len(samples))]
-        figures["gradcam.png"] = image_grid(raw.cpu(), captions, min(len(samples), 10),
-                                            f"{name}: Grad-CAM on the last convolution (for the predicted class)",
-                                            overlays=cam.cpu())
-        gradcam_layer = convs[-1][0]
-
-    # most confident mistakes
-    probs = probabilities(model, test, options["batch_size"])
-    mistakes = most_confused(probs, labels, options["top_confused"])
-    if mistakes:
-        images = data["test"][0][[m["index"] for m in mistakes]]
-        captions = [f"{classes[m['actual']]} as {classes[m['predicted']]} ({m['confidence']:.0%})" for m in mistakes]
-        figures["confused.png"] = image_grid(images, captions, min(len(mistakes), 8),
-                                             f"{name}: most confident mistakes (true as predicted)")
-
-    # robustness to salt-and-pepper noise
-    noise = accuracy_under_noise(model, test, options["noise_levels"], options["batch_size"], seed)
-
-    metrics = {
-        "silhouette": silhouette,
-        "silhouette_pixels": silhouette_pixels,
-        "noise_accuracy": noise,
-        "tsne_samples": int(len(sub_labels)),
-        "feature_dim": int(features.shape[1]),
-        "gradcam_layer": gradcam_layer,
-    }
-    return {
-        "metrics": metrics, "figures": figures, "tsne": tsne_rows,
-        "noise": [{"noise": float(k), "accuracy": v} for k, v in noise.items()],
-        "layers": [{**row, "shape": "x".join(map(str, row["shape"]))} for row in layers],
-        "mistakes": [{**m, "actual": classes[m["actual"]], "predicted": classes[m["predicted"]]} for m in mistakes],
-    }
-
-
-def samples_figure(images: torch.Tensor, labels: torch.Tensor, classes: list[str], per_class: int, seed: int):
-    """A grid of example training images, one row per class."""
-    index = one_per_class(labels, per_class, len(classes), seed)
-    captions = [classes[int(labels[i])] for i in index]
-    return image_grid(images[index], captions, per_class, "sample training images, one row per class")
+    samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
+    subject = Subject(name, model, ckpt["classes"], DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device),
+                      labels, options, autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
+                      [ckpt["classes"][int(labels[i])] for i in samples])
+    found = Findings()
+    for analysis in ANALYSES:
+        analysis(subject, found)
+    return found

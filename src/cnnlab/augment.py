@@ -9,7 +9,7 @@ Options (`train.augment` in params.yaml, all off by default):
   shift, scale  a random translation of up to `shift` of the image size and a zoom of up to
                 +-`scale`, in one bilinear resample: the small moves that suit digits
   noise         salt-and-pepper: this fraction of the pixel values set to 0 or 255 (half each),
-                as the robustness analysis does at test time
+                the same function as the robustness analysis applies at test time
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ def random_shift_scale(images: torch.Tensor, shift: float, scale: float, generat
 
 
 def salt_and_pepper(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    draw = torch.rand(images.shape, generator=generator, device=images.device)
-    images = images.masked_fill(draw < amount / 2, 0.0)
-    return images.masked_fill((draw >= amount / 2) & (draw < amount), 255.0)
+    """A fraction `amount` of the values replaced, half by 0 (pepper), half by 255 (salt); float pixel
+    batches (training) or uint8 images (the noise study) alike. The draw is made on the generator's
+    device, so a CPU generator gives the same noise whatever device the images are on."""
+    if amount <= 0:
+        return images.clone()
+    draw = torch.rand(images.shape, generator=generator, device=generator.device).to(images.device)
+    images = images.masked_fill(draw < amount / 2, 0)
+    return images.masked_fill((draw >= amount / 2) & (draw < amount), 255)
 
 
 def is_on(options: dict) -> bool:

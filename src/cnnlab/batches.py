@@ -37,22 +37,30 @@ class DeviceSplit:
         images = images.mul_(self.scale).sub_(self.shift)
         return images.contiguous(memory_format=self.memory_format)
 
+    def with_images(self, images: torch.Tensor) -> "DeviceSplit":
+        """The same split and normalisation with other uint8 images (a corrupted copy, say)."""
+        other = object.__new__(DeviceSplit)
+        other.__dict__.update(self.__dict__, images=images.to(self.images.device))
+        return other
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled when a generator is given (training), in order otherwise (evaluation).
-        `augment` maps a float batch of 0..255 pixels to another, before normalisation."""
-        n = len(self)
-        if generator is None:
-            for start in range(0, n, batch_size):
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled when a generator is given (training); otherwise in order, over the images at
+        `index` when given (evaluation, analysis). `augment` maps a float batch of 0..255 pixels to
+        another, before normalisation."""
+        if generator is not None:
+            index = torch.randperm(len(self), generator=generator)
+        if index is None:
+            for start in range(0, len(self), batch_size):
                 yield self.normalise(self.images[start:start + batch_size]), self.labels[start:start + batch_size]
             return
-        order = torch.randperm(n, generator=generator).to(self.images.device)
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
-            # index_select, not images[index]: advanced indexing costs 5x more on CPU (77 vs 15 us a batch)
-            yield (self.normalise(self.images.index_select(0, index), augment),
-                   self.labels.index_select(0, index))
+        index = index.to(self.images.device)
+        for start in range(0, len(index), batch_size):
+            part = index[start:start + batch_size]
+            # index_select, not images[part]: advanced indexing costs 5x more on CPU
+            yield (self.normalise(self.images.index_select(0, part), augment),
+                   self.labels.index_select(0, part))
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

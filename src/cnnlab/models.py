@@ -1,26 +1,36 @@
 """Model registry: plain constructors, in the style of torchvision's builders.
 
 Each constructor takes the data's shape positionally (channels, classes, image size) and its own
-options as keyword-only arguments; those options can be set in the model's section of params.yaml.
-To add a model: write a constructor here and add it to MODELS.
+options as keyword-only arguments, each annotated with the check params.yaml applies to it
+(`Annotated[type, checker]`, see checks.py); those options can be set in the model's section of
+params.yaml. To add a model: write a constructor here and decorate it with @register_model.
+
+Constructors import torch in their bodies, not at the top of this file: params.yaml is validated by
+every stage, and reading the registry's options must not cost torch's import (seconds) in stages
+that never build a model, such as the report.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Callable, Literal
-
-import torch
-import torch.nn.functional as F
-import torchvision
-from torch import nn
+from typing import Annotated, Callable
 
 from cnnlab import CnnlabError
+from cnnlab.checks import choice, integer, number
+
+MODELS: dict[str, Callable] = {}
 
 
-def mlp(in_channels: int, num_classes: int, image_size: int, *, hidden: int = 256,
-        dropout: float = 0.2) -> nn.Module:
+def register_model(constructor: Callable) -> Callable:
+    MODELS[constructor.__name__] = constructor
+    return constructor
+
+
+Dropout = Annotated[float, number(0, 1, high_open=True)]
+
+
+@register_model
+def mlp(in_channels: int, num_classes: int, image_size: int, *,
+        hidden: Annotated[int, integer(1, 65536)] = 256, dropout: Dropout = 0.2) -> "nn.Module":
     """Two hidden layers (784-256-256-10 on MNIST)."""
+    from torch import nn
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -30,11 +40,13 @@ def mlp(in_channels: int, num_classes: int, image_size: int, *, hidden: int = 25
 
 
 # The conv blocks pool before the ReLU: relu(maxpool(x)) equals maxpool(relu(x)) exactly (both are
-# monotonic), but the ReLU and its backward then touch a quarter of the values. On 2 CPU cores this
-# trains LeNet 1.1-1.3x and the CNN 1.3-1.6x faster (benchmarks/README.md).
+# monotonic), but the ReLU and its backward then touch a quarter of the values (benchmarks/README.md
+# has the measured gain). Grad-CAM therefore hooks the ReLU that ends the last block (analyze.py).
 
-def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: float = 0.25) -> nn.Module:
+@register_model
+def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: Dropout = 0.25) -> "nn.Module":
     """Two 3x3 conv blocks (16, 32 channels) with max-pooling, then a 128-unit hidden layer."""
+    from torch import nn
     pooled = image_size // 4
     return nn.Sequential(
         nn.Conv2d(in_channels, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
@@ -45,11 +57,27 @@ def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: float =
     )
 
 
-def lenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+@register_model
+def cnn_small(in_channels: int, num_classes: int, image_size: int) -> "nn.Module":
+    """The 8/16-channel two-conv CNN with a single linear head (the SGD study's network). It returns
+    logits: the softmax lives inside the cross-entropy loss, never before it."""
+    from torch import nn
+    pooled = image_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * pooled * pooled, num_classes),
+    )
+
+
+@register_model
+def lenet(in_channels: int, num_classes: int, image_size: int) -> "nn.Module":
     """LeNet-5-like: conv6 5x5 and conv16 5x5 with max-pooling, then fc120 and fc84 (ReLU throughout).
 
     The first conv pads by 2 so a 28x28 digit sees the 32x32 field LeNet-5 was designed for.
     """
+    from torch import nn
     after_conv2 = (image_size // 2 - 4) // 2
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
@@ -61,51 +89,39 @@ def lenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     )
 
 
-def cnn_small(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """The 8/16-channel two-conv CNN with a single linear head (the SGD study's network). It returns
-    logits: the softmax lives inside the cross-entropy loss, never before it."""
-    pooled = image_size // 4
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16 * pooled * pooled, num_classes),
-    )
+def _resize_input(module, inputs):
+    """Forward pre-hook: resize each incoming batch to the module's `input_size`, on its device."""
+    import torch.nn.functional as F
+    x, size = inputs[0], module.input_size
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return (x,)
 
 
-class ResizedAlexNet(torchvision.models.AlexNet):
-    """torchvision's AlexNet that resizes each incoming batch to `input_size` on the device it runs
-    on, so no resized copy of the dataset is ever stored. A subclass (not a wrapper) keeps
-    torchvision's state-dict keys, so torchvision-layout weights load unchanged."""
-
-    def __init__(self, input_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.input_size = input_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=False)
-        return super().forward(x)
-
-
-def alexnet(in_channels: int, num_classes: int, image_size: int, *, input_size: int = 100,
-            dropout: float = 0.5) -> nn.Module:
+@register_model
+def alexnet(in_channels: int, num_classes: int, image_size: int, *,
+            input_size: Annotated[int, integer(63, 512)] = 100, dropout: Dropout = 0.5) -> "nn.Module":
     """torchvision AlexNet with the first conv taking the data's channels and an n-class head; inputs
-    are resized per batch to input_size (100, as in the AlexNet study: 11x11/4 needs room)."""
-    if input_size < 63:
-        raise CnnlabError(f"params.yaml: alexnet.input_size must be >= 63 (three stride-2 pools after "
-                          f"an 11x11/4 conv); got {input_size}")
-    model = ResizedAlexNet(input_size, num_classes=num_classes, dropout=dropout)
+    are resized per batch to input_size (100, as in the AlexNet study: 11x11/4 needs room, and three
+    stride-2 pools after it need at least 63 pixels). The resize is a forward pre-hook on torchvision's
+    own class, so no resized copy of the data is stored and the state-dict keys stay torchvision's."""
+    import torchvision
+    from torch import nn
+    model = torchvision.models.alexnet(num_classes=num_classes, dropout=dropout)
     model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2)
+    model.input_size = input_size
+    model.register_forward_pre_hook(_resize_input)
     return model
 
 
+@register_model
 def resnet18(in_channels: int, num_classes: int, image_size: int, *,
-             stem: Literal["cifar", "imagenet"] = "cifar") -> nn.Module:
+             stem: Annotated[str, choice("cifar", "imagenet")] = "cifar") -> "nn.Module":
     """torchvision ResNet18 with the data's channels and classes. stem `imagenet` is torchvision's
     7x7/2 conv and max-pool (a 32x32 image leaves the stem at 8x8); `cifar` is a 3x3/1 conv and no
     max-pool, the usual choice for 32x32 images (the stem keeps all 32x32)."""
+    import torchvision
+    from torch import nn
     model = torchvision.models.resnet18(num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -115,80 +131,32 @@ def resnet18(in_channels: int, num_classes: int, image_size: int, *,
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "cnn": cnn,
-    "cnn_small": cnn_small,
-    "lenet": lenet,
-    "alexnet": alexnet,
-    "resnet18": resnet18,
-}
+def options(name: str) -> dict[str, Callable]:
+    """The checker of each keyword-only option of a model's constructor, from its annotation."""
+    import inspect
+    checks = {}
+    for arg in inspect.signature(MODELS[name]).parameters.values():
+        if arg.kind is not arg.KEYWORD_ONLY:
+            continue  # positional args (channels, classes, image size) come from the data
+        metadata = getattr(arg.annotation, "__metadata__", ())
+        if not metadata or not callable(metadata[0]):
+            raise TypeError(f"models.{name}: option '{arg.name}' needs an Annotated[type, checker] annotation")
+        checks[arg.name] = metadata[0]
+    return checks
 
 
-def textbook_order(model: nn.Sequential) -> nn.Sequential:
+def build(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs) -> "nn.Module":
+    if name not in MODELS:
+        raise CnnlabError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
+    return MODELS[name](in_channels, num_classes, image_size, **kwargs)
+
+
+def textbook_order(model: "nn.Sequential") -> "nn.Sequential":
     """The same layers (shared weights) in the textbook conv -> ReLU -> pool order: the reference
     the pool-first blocks are checked and benchmarked against."""
+    from torch import nn
     layers = list(model)
     for i in range(len(layers) - 1):
         if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
     return nn.Sequential(*layers)
-
-
-def build(name: str, in_channels: int, num_classes: int, image_size: int, **options) -> nn.Module:
-    return MODELS[name](in_channels, num_classes, image_size, **options)
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Start from a local state dict (a plain one, or a cnnlab checkpoint's). Nothing is fetched from
-    a hub; the file is read with weights_only=True, so it cannot run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CnnlabError(f"{path}: weights file not found (set the model's `weights:` to a local state dict)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CnnlabError(f"{path}: not a state dict ({type(err).__name__})") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CnnlabError(f"{path}: not a state dict (expected a mapping of names to tensors)")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    for problem, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
-        if keys:
-            raise CnnlabError(f"{path}: does not fit this model: {len(keys)} {problem} "
-                              f"(first: {keys[0]}); check the dataset's channels and classes")
-    model.load_state_dict(state)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def checkpoint(name: str, model: nn.Module, options: dict, info: dict) -> dict:
-    """Everything needed to rebuild the model and its input normalisation, in plain types and tensors
-    only, so it loads with torch.load(weights_only=True)."""
-    return {
-        "model": name, "options": options,
-        "in_channels": info["channels"], "num_classes": len(info["classes"]), "image_size": info["image_size"],
-        "classes": info["classes"], "mean": info["mean"], "std": info["std"],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-
-
-def load_checkpoint(path, device) -> tuple[nn.Module, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise CnnlabError(f"{path}: missing; run the train stage first (dvc repro)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: unpickling is refused, not attempted
-        raise CnnlabError(f"{path}: not a cnnlab checkpoint ({type(err).__name__})") from None
-    if ckpt.get("model") not in MODELS:
-        raise CnnlabError(f"{path}: unknown model {ckpt.get('model')!r}")
-    model = build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt

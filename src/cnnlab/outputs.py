@@ -3,6 +3,10 @@
 A stage asks for a temporary path for each output, writes there, and only when the whole stage has
 succeeded are the temporaries renamed over the real paths. A failing stage leaves no half-written
 file and no mix of new and old outputs.
+
+A temporary keeps its target's own file name, inside a hidden folder beside the target: formats that
+record their file name (torch.save names the zip's root folder after it) then write the same bytes
+as a direct save would, so the same training gives a byte-identical checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,22 +23,25 @@ from typing import Iterator
 
 from cnnlab import CnnlabError
 
+TEMPORARY_PREFIX = ".cnnlab-tmp-"
+
 
 class StagedOutputs:
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
-        """A temporary path beside `target` (same filesystem, so the final rename is atomic)."""
+        """A temporary path for `target` (same filesystem, so the final rename is atomic)."""
         target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp{os.getpid()}{target.suffix}")
+        holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
+        holder.mkdir(parents=True, exist_ok=True)
+        temporary = holder / target.name
         self._pending.append((temporary, target))
         return temporary
 
     def json(self, target: str | Path, data: dict) -> None:
         with open(self.path(target), "w") as stream:
-            json.dump(data, stream, indent=2)
+            json.dump(data, stream, indent=2, allow_nan=False)  # NaN/inf are not JSON: fail, never write them
             stream.write("\n")
 
     def text(self, target: str | Path, text: str) -> None:
@@ -46,9 +54,13 @@ class StagedOutputs:
             writer.writeheader()
             writer.writerows(rows)
 
-    def figure(self, target: str | Path, fig, dpi: int = 110) -> None:
+    def figure(self, target: str | Path, fig, dpi: int = 110, staged: bool = True) -> None:
+        """Save a matplotlib figure; staged=False writes straight to `target`, a path inside a folder
+        that is itself a staged output."""
         import matplotlib.pyplot as plt
-        fig.savefig(self.path(target), dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
+        path = self.path(target) if staged else Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
         plt.close(fig)
 
     def commit(self) -> None:
@@ -56,14 +68,13 @@ class StagedOutputs:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(temporary, target)
+        for holder in {temporary.parent for temporary, _ in self._pending}:
+            shutil.rmtree(holder, ignore_errors=True)
         self._pending.clear()
 
     def discard(self) -> None:
-        for temporary, _ in self._pending:
-            if temporary.is_dir():
-                shutil.rmtree(temporary, ignore_errors=True)
-            else:
-                temporary.unlink(missing_ok=True)
+        for holder in {temporary.parent for temporary, _ in self._pending}:
+            shutil.rmtree(holder, ignore_errors=True)
         self._pending.clear()
 
 
@@ -78,8 +89,21 @@ def staged_outputs() -> Iterator[StagedOutputs]:
     outputs.commit()
 
 
+def model_argument(stage: str) -> str:
+    """The model named on a per-model stage's command line (`python stages/train.py lenet`)."""
+    from cnnlab.models import MODELS
+    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
+        raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(MODELS)}")
+    return sys.argv[1]
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
+
+
 def run_stage(main) -> None:
     """Entry point of every stage script: user errors become one line on stderr and exit code 1."""
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         main()
     except CnnlabError as err:

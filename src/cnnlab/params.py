@@ -1,27 +1,38 @@
 """Load and validate params.yaml, the single source of truth for every stage.
 
-Every key is checked on load: an unknown key, a wrong type or an out-of-range value stops the stage
-with one line naming the key and what is allowed. A model's own section (e.g. `lenet:`) may override
-any shared `train:` default and set the model constructor's keyword arguments.
+The whole file is checked on load: an unknown key, a wrong type or an out-of-range value stops the
+stage with one line naming the key and what is allowed. A model's own section (e.g. `lenet:`) may
+override any shared `train:` default and set the model constructor's keyword arguments.
+
+A stage sees only the params its dvc.yaml entry declares (`for_stage`): reading any other key
+fails at once, so the `params:` lists in dvc.yaml cannot silently fall behind the code.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, checks
 from cnnlab.datasets import DATASETS
-from cnnlab.models import MODELS
+from cnnlab.models import MODELS, options
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (`-S train.lr=1e-3`) writes YAML 1.2."""
+    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (`-S train.lr=1e-3`) writes YAML 1.2.
+    Duplicate keys are refused (as DVC refuses them) instead of the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -37,88 +48,12 @@ _Yaml12Loader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
-
-# --- value checkers: each returns the cleaned value or raises ValueError("what is allowed") ---
-
-def _integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any], Any]:
-    def check(value):
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            bound = f" >= {minimum}" if minimum is not None else ""
-            raise ValueError(f"an integer{bound}" + (" or null" if optional else ""))
-        return value
-    return check
-
-
-def _number(low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False) -> Callable[[Any], Any]:
-    def check(value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if ok and high is not None:
-            ok = value < high if high_open else value <= high
-        if not ok:
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-            raise ValueError("a number" + (" " if lo or hi else "") + " and ".join(p for p in (lo, hi) if p))
-        return float(value)
-    return check
-
-
-def _choice(*options: str) -> Callable[[Any], Any]:
-    def check(value):
-        if value not in options:
-            raise ValueError("one of " + ", ".join(options))
-        return value
-    return check
-
-
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _text(value):
-    if not isinstance(value, str):
-        raise ValueError("a string")
-    return value
-
-
-def _number_list(low: float, high: float) -> Callable[[Any], Any]:
-    def check(value):
-        if not isinstance(value, list) or not value or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high for v in value):
-            raise ValueError(f"a non-empty list of numbers from {low} to {high}")
-        return [float(v) for v in value]
-    return check
-
-
-def _class_fractions(value):
-    """{class index: fraction of its training images to keep}, for the imbalance study."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or any(
-            isinstance(k, bool) or not isinstance(k, int) or k < 0 or isinstance(v, bool)
-            or not isinstance(v, (int, float)) or not 0 < v <= 1 for k, v in value.items()):
-        raise ValueError("a mapping of class index to a fraction in (0, 1], e.g. {3: 0.1, 8: 0.1}")
-    return {int(k): float(v) for k, v in value.items()}
-
-
-def _optional_text(value):
-    if value is not None and not isinstance(value, str):
-        raise ValueError("a path or null")
-    return value
-
-
 AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "crop_padding": _integer(0),
-    "hflip": _boolean,
-    "shift": _number(0, 0.5),
-    "scale": _number(0, 0.5),
-    "noise": _number(0, 1, high_open=True),
+    "crop_padding": checks.integer(0, 64),
+    "hflip": checks.boolean,
+    "shift": checks.number(0, 0.5),
+    "scale": checks.number(0, 0.5),
+    "noise": checks.number(0, 1, high_open=True),
 }
 AUGMENT_OFF = {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0}
 
@@ -130,143 +65,117 @@ def _augment(value):
     return {**AUGMENT_OFF, **_check_section("augment", value, AUGMENT_CHECKS, required=False)}
 
 
-def _model_list(value):
-    if not isinstance(value, list) or not value or len(set(value)) != len(value) \
-            or any(v not in MODELS for v in value):
-        raise ValueError("a non-empty list of distinct names from " + ", ".join(MODELS))
-    return value
-
-
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_BATCH = 1 << 16
 
 SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
-        "dataset": _choice(*DATASETS),
-        "verify_checksums": _boolean,
-        "path": _optional_text,
-        "image_size": _integer(8),
+        "dataset": checks.choice(*DATASETS),
+        "verify_checksums": checks.boolean,
+        "path": checks.optional_text,
+        "image_size": checks.integer(8, 1024),
     },
     "prepare": {
-        "train_size": _integer(1, optional=True),
-        "test_size": _integer(1, optional=True),
-        "samples_per_class": _integer(1, optional=True),
-        "val_fraction": _number(0, 1, low_open=True, high_open=True),
-        "val_size": _integer(1, optional=True),
-        "class_fraction": _class_fractions,
-        "seed": _integer(0),
+        "train_size": checks.integer(1, optional=True),
+        "test_size": checks.integer(1, optional=True),
+        "samples_per_class": checks.integer(1, optional=True),
+        "val_fraction": checks.number(0, 1, low_open=True, high_open=True),
+        "val_size": checks.integer(1, optional=True),
+        "class_fraction": checks.class_fractions,
+        "seed": checks.integer(0),
     },
     "train": {
-        "epochs": _integer(1),
-        "batch_size": _integer(1),
-        "optimizer": _choice(*OPTIMIZERS),
-        "lr": _number(0, low_open=True),
-        "weight_decay": _number(0),
-        "momentum": _number(0, 1, high_open=True),
-        "nesterov": _boolean,
-        "scheduler": _choice(*SCHEDULERS),
-        "step_size": _integer(1),
-        "gamma": _number(0, 1, low_open=True),
-        "label_smoothing": _number(0, 1, high_open=True),
+        "epochs": checks.integer(1, 10000),
+        "batch_size": checks.integer(1, MAX_BATCH),
+        "optimizer": checks.choice(*OPTIMIZERS),
+        "lr": checks.number(0, 10, low_open=True),
+        "weight_decay": checks.number(0, 10),
+        "momentum": checks.number(0, 1, high_open=True),
+        "nesterov": checks.boolean,
+        "scheduler": checks.choice(*SCHEDULERS),
+        "step_size": checks.integer(1),
+        "gamma": checks.number(0, 1, low_open=True),
+        "label_smoothing": checks.number(0, 1, high_open=True),
         "augment": _augment,
-        "patience": _integer(0),
-        "seed": _integer(0),
-        "device": _choice(*DEVICES),
-        "memory_format": _choice(*MEMORY_FORMATS),
-        "precision": _choice(*PRECISIONS),
-        "compile": _boolean,
-        "eval_batch_size": _integer(1),
-        "weights": _optional_text,
-        "progress": _boolean,
+        "patience": checks.integer(0),
+        "seed": checks.integer(0),
+        "device": checks.choice(*DEVICES),
+        "memory_format": checks.choice(*MEMORY_FORMATS),
+        "precision": checks.choice(*PRECISIONS),
+        "compile": checks.boolean,
+        "eval_batch_size": checks.integer(1, MAX_BATCH),
+        "weights": checks.optional_text,
+        "progress": checks.boolean,
     },
     "evaluate": {
-        "batch_size": _integer(1),
+        "batch_size": checks.integer(1, MAX_BATCH),
     },
     "analyze": {
-        "samples_per_class": _integer(1),
-        "max_channels": _integer(1),
-        "tsne_samples": _integer(10),
-        "tsne_perplexity": _number(1),
-        "noise_levels": _number_list(0, 1),
-        "top_confused": _integer(0),
-        "batch_size": _integer(1),
-        "seed": _integer(0),
-        "dpi": _integer(30),
+        "samples_per_class": checks.integer(1, 20),
+        "max_channels": checks.integer(1, 64),
+        "tsne_samples": checks.integer(10, 20000),
+        "tsne_perplexity": checks.number(1, 100),
+        "noise_levels": checks.number_list(0, 1),
+        "top_confused": checks.integer(0, 100),
+        "batch_size": checks.integer(1, MAX_BATCH),
+        "seed": checks.integer(0),
+        "dpi": checks.integer(30, 300),
     },
     "report": {
-        "title": _text,
-        "dpi": _integer(30),
+        "title": checks.text,
+        "dpi": checks.integer(30, 300),
     },
 }
-TOP_LEVEL = ("data", "prepare", "models", "train", "evaluate", "analyze", "report", *MODELS)
+SECTIONS = ("data", "prepare", "models", "train", "evaluate", "analyze", "report")
 
 
 def _fail(key: str, got: Any, allowed: str) -> CnnlabError:
     return CnnlabError(f"params.yaml: {key} must be {allowed}; got {got!r}")
 
 
-def _check_section(name: str, section: Any, checks: dict[str, Callable[[Any], Any]],
+def _check_section(name: str, section: Any, section_checks: dict[str, Callable[[Any], Any]],
                    required: bool = True) -> dict:
     if not isinstance(section, dict):
-        raise _fail(name, section, "a mapping of " + ", ".join(checks))
-    unknown = sorted(set(section) - set(checks))
+        raise _fail(name, section, "a mapping of " + ", ".join(section_checks))
+    unknown = sorted(str(k) for k in set(section) - set(section_checks))
     if unknown:
-        raise CnnlabError(f"params.yaml: unknown key '{name}.{unknown[0]}' (allowed: {', '.join(checks)})")
-    missing = [k for k in checks if k not in section]
+        raise CnnlabError(f"params.yaml: unknown key '{name}.{unknown[0]}' (allowed: {', '.join(section_checks)})")
+    missing = [k for k in section_checks if k not in section]
     if required and missing:
         raise CnnlabError(f"params.yaml: missing key '{name}.{missing[0]}'")
     cleaned = {}
     for key, value in section.items():
         try:
-            cleaned[key] = checks[key](value)
+            cleaned[key] = section_checks[key](value)
         except ValueError as allowed:
             raise _fail(f"{name}.{key}", value, str(allowed)) from None
     return cleaned
-
-
-def model_kwargs_checks(model: str) -> dict[str, Callable[[Any], Any]]:
-    """The constructor's own keyword arguments, checked by the type of their default value."""
-    checks = {}
-    hints = typing.get_type_hints(MODELS[model])
-    for arg in inspect.signature(MODELS[model]).parameters.values():
-        if arg.kind is not arg.KEYWORD_ONLY:
-            continue  # positional args (channels, classes, image size) come from the data
-        default = arg.default
-        if typing.get_origin(hints.get(arg.name)) is typing.Literal:
-            checks[arg.name] = _choice(*typing.get_args(hints[arg.name]))
-        elif isinstance(default, bool):
-            checks[arg.name] = _boolean
-        elif isinstance(default, int):
-            checks[arg.name] = _integer(1)
-        elif isinstance(default, float):
-            checks[arg.name] = _number(0, 1, high_open=True) if "dropout" in arg.name else _number()
-        else:
-            checks[arg.name] = _text
-    return checks
 
 
 def validate(raw: Any) -> dict:
     """Return a cleaned copy of the params, or raise CnnlabError naming the first bad key."""
     if not isinstance(raw, dict):
         raise CnnlabError("params.yaml: expected a mapping at the top level")
-    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    unknown = sorted(str(k) for k in set(raw) - set(SECTIONS) - set(MODELS))
     if unknown:
         raise CnnlabError(f"params.yaml: unknown key '{unknown[0]}' "
-                          f"(allowed: {', '.join(TOP_LEVEL[:7])} and a section per model: {', '.join(MODELS)})")
-    for key in ("data", "prepare", "models", "train", "evaluate", "analyze", "report"):
+                          f"(allowed: {', '.join(SECTIONS)} and a section per model: {', '.join(MODELS)})")
+    for key in SECTIONS:
         if key not in raw:
             raise CnnlabError(f"params.yaml: missing key '{key}'")
-    params = {name: _check_section(name, raw[name], checks) for name, checks in SCHEMA.items()}
+    params = {name: _check_section(name, raw[name], section_checks) for name, section_checks in SCHEMA.items()}
     try:
-        params["models"] = _model_list(raw["models"])
+        params["models"] = checks.names(MODELS)(raw["models"])
     except ValueError as allowed:
         raise _fail("models", raw["models"], str(allowed)) from None
     for model in MODELS:
-        checks = {**SCHEMA["train"], **model_kwargs_checks(model)}
-        params[model] = _check_section(model, raw.get(model) or {}, checks, required=False)
+        section = raw.get(model)
+        section = {} if section is None else section  # `lenet:` with nothing after it
+        params[model] = _check_section(model, section, {**SCHEMA["train"], **options(model)}, required=False)
     prep = params["prepare"]
     if prep["train_size"] is not None and prep["samples_per_class"] is not None:
         raise CnnlabError("params.yaml: set at most one of prepare.train_size and prepare.samples_per_class")
@@ -274,6 +183,7 @@ def validate(raw: Any) -> dict:
 
 
 def load(path: str | Path = "params.yaml") -> dict:
+    """The whole file, validated."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -284,16 +194,66 @@ def load(path: str | Path = "params.yaml") -> dict:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise CnnlabError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        raise CnnlabError(f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
     return validate(raw)
+
+
+class StageParams(dict):
+    """The params a stage declared in dvc.yaml; reading anything else names the missing declaration."""
+
+    def __init__(self, values: dict, stage: str, prefix: str = ""):
+        super().__init__(values)
+        self.stage, self.prefix = stage, prefix
+
+    def __getitem__(self, key):
+        if key not in self:
+            raise CnnlabError(f"dvc.yaml: stage '{self.stage}' reads params '{self.prefix}{key}' "
+                              f"but does not declare it under params:")
+        value = super().__getitem__(key)
+        return StageParams(value, self.stage, f"{self.prefix}{key}.") if isinstance(value, dict) \
+            and not isinstance(value, StageParams) else value
+
+
+def declared(stage: str, item: str | None = None, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """The params keys dvc.yaml declares for `stage`, with `${item.model}` filled in from `item`."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+        entries = stages[stage].get("params", [])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise CnnlabError(f"{dvc_yaml}: no stage '{stage}' (run from the project root)") from None
+    keys = []
+    for entry in entries:
+        if isinstance(entry, dict):  # `- params.yaml:` (the whole file) or `- params.yaml: [keys]`
+            for keys_in_file in entry.values():
+                keys += keys_in_file or list(SECTIONS) + list(MODELS)
+        else:
+            keys.append(entry.replace("${item.model}", item or ""))
+    return keys
+
+
+def _select(params: dict, keys: list[str]) -> dict:
+    chosen: dict = {}
+    for key in keys:
+        source, target, parts = params, chosen, key.split(".")
+        for part in parts[:-1]:
+            source = source[part]
+            target = target.setdefault(part, {})
+        target[parts[-1]] = source[parts[-1]]
+    return chosen
+
+
+def for_stage(stage: str, item: str | None = None, path: str | Path = "params.yaml") -> StageParams:
+    """Validate the whole file; return only what dvc.yaml declares for `stage` (of model `item`)."""
+    return StageParams(_select(load(path), declared(stage, item, Path(path).with_name("dvc.yaml"))), stage)
 
 
 def train_config(params: dict, model: str) -> dict:
     """The shared `train:` defaults with the model's own overrides applied."""
-    own = params.get(model, {})
+    own = params[model]
     return {**params["train"], **{k: v for k, v in own.items() if k in SCHEMA["train"]}}
 
 
 def model_kwargs(params: dict, model: str) -> dict:
-    own = params.get(model, {})
+    own = params[model]
     return {k: v for k, v in own.items() if k not in SCHEMA["train"]}

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import torch
-from sklearn.model_selection import train_test_split
 
 from cnnlab import CnnlabError
 
@@ -58,6 +57,7 @@ def thin_classes(images: torch.Tensor, labels: torch.Tensor, fractions: dict[int
 def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int):
     """Index tensors (train, val) with each class in the same proportion in both parts.
     val_fraction: a fraction of the images, or (an int) an exact number of validation images."""
+    from sklearn.model_selection import train_test_split  # here, not at the top: only prepare splits
     everything = torch.arange(len(labels))
     what = "val_size" if isinstance(val_fraction, int) else "val_fraction"
     try:
@@ -73,6 +73,19 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the 0..1 scale."""
     pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
     return pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
+
+
+CLASSES_DRAWN = 10  # per-image figures show the first 10 classes (CIFAR-100 would need 100 rows)
+
+
+def one_per_class(labels: torch.Tensor, per_class: int, num_classes: int, seed: int) -> torch.Tensor:
+    """`per_class` test images of each of the first CLASSES_DRAWN classes (seeded), grouped by class."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in range(min(num_classes, CLASSES_DRAWN)):
+        members = torch.nonzero(labels == cls).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, paths
+
+# What the report reads, by stage and output role (paths.OUTPUTS): dvc.yaml's deps of the report stage
+# are the folders holding these (tests/test_dvc_yaml.py checks it).
+READS = {
+    "train": ("metrics", "history"),
+    "evaluate": ("metrics", "per_class"),
+    "analyze": ("metrics", "layers", "noise", "figures"),
+    "samples": ("data",),
+}
 
 SUMMARY_COLUMNS = {
     "model": "model", "parameters": "parameters", "epochs_run": "epochs", "best_val_loss": "best val loss",
@@ -31,8 +37,8 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
     """(summary table, history per model, per-class table per model) from the stage outputs."""
     rows, histories, per_class = [], {}, {}
     for name in models:
-        trained = _read_json(root / "metrics" / "train" / f"{name}.json")
-        tested = _read_json(root / "metrics" / "test" / f"{name}.json")
+        trained_out, tested_out = paths.outputs("train", name, root), paths.outputs("evaluate", name, root)
+        trained, tested = _read_json(trained_out.metrics), _read_json(tested_out.metrics)
         rows.append({
             "model": name, "parameters": trained["parameters"], "epochs_run": trained["epochs_run"],
             "best_val_loss": trained["best_val_loss"], "val_accuracy": trained["val_accuracy"],
@@ -41,8 +47,8 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
             "dataset": trained.get("dataset", ""), "device": trained["env"]["device_name"],
             "threads": trained["env"]["threads"], "torch": trained["env"]["torch"], "seed": trained["env"]["seed"],
         })
-        histories[name] = pd.read_csv(root / "plots" / "train" / f"{name}.csv")
-        per_class[name] = pd.read_csv(root / "metrics" / "per_class" / f"{name}.csv")
+        histories[name] = pd.read_csv(trained_out.history)
+        per_class[name] = pd.read_csv(tested_out.per_class)
     return pd.DataFrame(rows), histories, per_class
 
 
@@ -50,29 +56,14 @@ def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
     """Per model: the analyze stage's metrics, its layer table and its noise curve."""
     found = {}
     for name in models:
-        found[name] = {
-            "metrics": _read_json(root / "metrics" / "analysis" / f"{name}.json"),
-            "layers": pd.read_csv(root / "plots" / "analysis" / "layers" / f"{name}.csv"),
-            "noise": pd.read_csv(root / "plots" / "analysis" / "noise" / f"{name}.csv"),
-        }
+        out = paths.outputs("analyze", name, root)
+        found[name] = {"metrics": _read_json(out.metrics), "layers": pd.read_csv(out.layers),
+                       "noise": pd.read_csv(out.noise), "figures": out.figures}
     return found
 
 
 def read_data_summary(root: Path = Path(".")) -> dict:
-    return _read_json(root / "metrics" / "data.json")
-
-
-def noise_figure(analysis: dict):
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for i, (name, found) in enumerate(analysis.items()):
-        curve = found["noise"]
-        ax.plot(curve["noise"], curve["accuracy"], marker="o", color=f"C{i}", label=name)
-    ax.set_xlabel("fraction of pixels replaced by salt-and-pepper noise")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _read_json(paths.outputs("samples", root=root).data)
 
 
 def describe_model(name: str, found: dict) -> str:
@@ -87,14 +78,14 @@ def describe_model(name: str, found: dict) -> str:
             sentences.append(
                 f"Its feature maps stay image-like (mean correlation with the input >= 0.5) through its last "
                 f"spatial layer, {last['layer']} ({last['type']}, {last['shape']}, {last['image_likeness']:.2f}): "
-                f"the classifier reads maps that still outline the digit.")
+                f"the classifier reads maps that still outline the input.")
         elif len(like):
             keep = like.iloc[-1]
             sentences.append(
                 f"Its feature maps stay image-like (mean correlation with the input >= 0.5) up to layer "
                 f"{keep['layer']} ({keep['type']}, {keep['shape']}, {keep['image_likeness']:.2f}); by layer "
                 f"{last['layer']} ({last['type']}, {last['shape']}) the correlation is "
-                f"{last['image_likeness']:.2f}, the maps now code for parts and strokes rather than the picture.")
+                f"{last['image_likeness']:.2f}, the maps now code for parts rather than the picture.")
         else:
             sentences.append(f"Already its first layer's maps correlate weakly with the input "
                              f"({spatial.iloc[0]['image_likeness']:.2f}).")
@@ -127,9 +118,16 @@ def compare_models(analysis: dict) -> str:
             f"{separated}'s (silhouette {analysis[separated]['metrics']['silhouette']:.3f}).")
 
 
-def analysis_markdown(analysis: dict, data: dict | None) -> list[str]:
-    lines = ["## Inside the networks", "", "![sample training images](../plots/analysis/samples.png)", "",
-             "![accuracy under noise](noise.png)", ""]
+def _link(target: Path, root: Path) -> str:
+    """`target` as the report links it: relative to the report's own folder."""
+    return Path(os.path.relpath(target, paths.outputs("report", root=root).markdown.parent)).as_posix()
+
+
+def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path(".")) -> list[str]:
+    report = paths.outputs("report", root=root)
+    lines = ["## Inside the networks", "",
+             f"![sample training images]({_link(paths.outputs('samples', root=root).figure, root)})", "",
+             f"![accuracy under noise]({_link(report.noise, root)})", ""]
     comparison = compare_models(analysis)
     if comparison:
         lines += [comparison, ""]
@@ -138,49 +136,32 @@ def analysis_markdown(analysis: dict, data: dict | None) -> list[str]:
     noise_table.insert(0, "noise", [f"{v:g}" for v in noise_table.index])
     lines += ["Test accuracy under salt-and-pepper noise:", "", _markdown_table(noise_table), ""]
     for name, found in analysis.items():
-        folder = f"../plots/analysis/{name}"
+        folder_path = found["figures"]
+        folder = _link(folder_path, root)
         lines += [f"### {name}", "", describe_model(name, found), ""]
         layer_rows = found["layers"].copy()
         layer_rows["image_likeness"] = layer_rows["image_likeness"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
         lines += [_markdown_table(layer_rows.rename(columns={"image_likeness": "correlation with input"})), ""]
-        figures = sorted(p.name for p in (Path("plots") / "analysis" / name / "maps").glob("*.png"))
+        figures = sorted(p.name for p in (folder_path / "maps").glob("*.png"))
         lines += ["Feature maps, one row per class: " + ", ".join(
             f"[{f.removesuffix('.png')}]({folder}/maps/{f})" for f in figures) + ".", ""]
         if figures:
             first_spatial = next((f for f in figures if "Conv" in f), figures[0])
             lines += [f"![{name} {first_spatial}]({folder}/maps/{first_spatial})", ""]
         if found["metrics"].get("gradcam_layer"):
-            filters = sorted(p.name for p in (Path("plots") / "analysis" / name / "filters").glob("*.png"))
+            filters = sorted(p.name for p in (folder_path / "filters").glob("*.png"))
             lines += [f"![{name} filters {f}]({folder}/filters/{f})" for f in filters] + [""]
             lines += [f"![{name} Grad-CAM]({folder}/gradcam.png)", ""]
         else:
             lines += ["No convolution layers: no filters and no Grad-CAM for this model.", ""]
         lines += [f"![{name} t-SNE]({folder}/tsne.png)", ""]
-        if (Path("plots") / "analysis" / name / "confused.png").exists():
+        if (folder_path / "confused.png").exists():
             lines += [f"![{name} most confident mistakes]({folder}/confused.png)", ""]
     if data:
         counts = pd.DataFrame(data["class_counts"])
         counts.insert(0, "class", data["classes"])
         lines += ["## Class counts used", "", _markdown_table(counts), ""]
     return lines
-
-
-def curves_figure(histories: dict):
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for i, (name, history) in enumerate(histories.items()):
-        color = f"C{i}"  # one colour per model across all panels
-        axes[0].plot(history["epoch"], history["train_loss"], color=color, label=f"{name} train")
-        axes[0].plot(history["epoch"], history["val_loss"], "--", color=color, label=f"{name} val")
-        axes[1].plot(history["epoch"], history["val_accuracy"], marker="o", ms=3, color=color, label=name)
-        axes[2].plot(history["epoch"], history["train_accuracy"], marker="o", ms=3, color=color, label=name)
-    for ax, title in zip(axes, ("loss (solid: train, dashed: val)", "validation accuracy", "training accuracy")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_yscale("log")
-    fig.tight_layout()
-    return fig
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -202,7 +183,7 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict | None = None,
-             data: dict | None = None) -> str:
+             data: dict | None = None, root: Path = Path(".")) -> str:
     first = summary.iloc[0]
     lines = [
         f"# {title}", "",
@@ -211,16 +192,16 @@ def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict 
         _markdown_table(_display(summary)), "",
         "Val acc is the validation accuracy at the best epoch (lowest validation loss), whose weights are "
         "kept. Train images/s counts training passes only; train s is the whole fit, validation included.",
-        "", "## Training curves", "", "![training curves](curves.png)", "",
+        "", "## Training curves", "", f"![training curves]({_link(paths.outputs('report', root=root).curves, root)})", "",
         "## Confusion matrices (test set)", "",
     ]
     for name in summary["model"]:
-        lines += [f"### {name}", "", f"![{name} confusion matrix](../plots/evaluate/{name}_confusion.png)", ""]
+        lines += [f"### {name}", "", f"![{name} confusion matrix]({_link(paths.outputs('evaluate', name, root).confusion_figure, root)})", ""]
     lines += ["## Per-class recall (test set)", ""]
     recall = pd.DataFrame({name: table.set_index("class")["recall"].map(lambda v: f"{v:.2%}")
                            for name, table in per_class.items()})
     recall.insert(0, "class", recall.index)
     lines += [_markdown_table(recall), ""]
     if analysis:
-        lines += analysis_markdown(analysis, data)
+        lines += analysis_markdown(analysis, data, root)
     return "\n".join(lines)

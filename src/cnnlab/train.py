@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from cnnlab import augment as augment_mod
 from cnnlab.batches import DeviceSplit
-from cnnlab.models import build, checkpoint, count_parameters, load_weights
+from cnnlab.checkpoints import checkpoint, count_parameters, load_weights
+from cnnlab.inference import autocast_dtype, score
+from cnnlab.models import build
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
@@ -23,24 +25,11 @@ from cnnlab.runtime import environment, pick_device, seed_everything
 
 def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
     """channels_last (NHWC) lets oneDNN on CPU and cuDNN on GPU pick their fastest convolution
-    kernels; measured on 2 EPYC cores it trains LeNet and the CNN 15-40% faster (benchmarks/).
-    A network without convolutions gains nothing, so `auto` keeps it contiguous."""
+    kernels (benchmarks/ measures the gain). A network without convolutions gains nothing, so `auto`
+    keeps it contiguous."""
     if memory_format != "auto":
         return memory_format == "channels_last"
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `train.precision`, or None for plain fp32.
-
-    auto turns mixed precision on for CUDA only (bf16 where supported, else fp16 with a grad scaler):
-    on CPUs without native bf16, such as the AVX2 EPYC we measure on, autocast makes training slower.
-    """
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -67,20 +56,11 @@ def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int):
     return None, False
 
 
-@torch.inference_mode()
 def evaluate_split(model: nn.Module, data: DeviceSplit, batch_size: int,
                    dtype: torch.dtype | None = None) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over a split."""
-    model.eval()
-    device = data.labels.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in data.batches(batch_size):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / len(data), correct.item() / len(data)
+    scores = score(model, data, batch_size, dtype, keep=False)
+    return scores.loss, scores.accuracy
 
 
 class EarlyStopping:
@@ -230,7 +210,7 @@ def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict
         "best_val_loss": result.best_val_loss,
         "val_accuracy": result.val_accuracy,
         "stopped_early": result.stopped_early,
-        "train_seconds": round(result.train_seconds, 3),  # ms: a fast epoch takes about 1 s
+        "train_seconds": round(result.train_seconds, 3),  # to the millisecond: a fast epoch takes about 1 s
         "images_per_second": round(result.images_per_second, 1),
         "train_images": len(train),
         "dataset": info.get("dataset", ""),
@@ -239,4 +219,5 @@ def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict
         "compiled": cfg["compile"],
         "env": environment(device, cfg["seed"]),
     }
-    return checkpoint(name, model, options, info), metrics, result.history, result.steps
+    trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg["precision"], device)]
+    return checkpoint(name, model, options, info, trained_in), metrics, result.history, result.steps

@@ -1,0 +1,75 @@
+"""Checkpoints: everything needed to rebuild a trained model and its input normalisation, in plain
+types and tensors only, so that they load with torch.load(weights_only=True) and cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab import CnnlabError
+from cnnlab.models import MODELS, build
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def checkpoint(name: str, model: nn.Module, options: dict, info: dict, precision: str = "fp32") -> dict:
+    return {
+        "model": name, "options": options,
+        "in_channels": info["channels"], "num_classes": len(info["classes"]), "image_size": info["image_size"],
+        "classes": info["classes"], "mean": info["mean"], "std": info["std"],
+        "precision": precision,  # inference runs under the autocast the model was trained with
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def _read(path: Path, missing: str, what: str) -> object:
+    if not path.is_file():
+        raise CnnlabError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign file: unpickling arbitrary objects is refused, not attempted
+        raise CnnlabError(f"{path}: not a {what} ({type(err).__name__})") from None
+
+
+def _require_finite(path: Path, state: dict) -> None:
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CnnlabError(f"{path}: tensor {bad} holds NaN or inf values (a diverged training?); retrain it")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Start from a local state dict (a plain one, or a cnnlab checkpoint's). Nothing is fetched from
+    a hub; the file is read with weights_only=True, so it cannot run code."""
+    path = Path(path)
+    blob = _read(path, "weights file not found (set the model's `weights:` to a local state dict)", "state dict")
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CnnlabError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    for problem, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+        if keys:
+            raise CnnlabError(f"{path}: does not fit this model: {len(keys)} {problem} "
+                              f"(first: {keys[0]}); check the dataset's channels and classes")
+    _require_finite(path, state)
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    path = Path(path)
+    ckpt = _read(path, "missing; run the train stage first (dvc repro)", "cnnlab checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("model") not in MODELS:
+        raise CnnlabError(f"{path}: not a cnnlab checkpoint (unknown model "
+                          f"{ckpt.get('model') if isinstance(ckpt, dict) else None!r})")
+    _require_finite(path, ckpt["state_dict"])
+    model = build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

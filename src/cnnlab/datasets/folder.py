@@ -1,0 +1,81 @@
+"""The user's own images: `data.path` holds `train/<class>/*` and `test/<class>/*` (PNG, JPEG, ...).
+
+`download` copies the image files, as torchvision's ImageFolder finds them, into
+`data/raw/folder/{train,test}/<class>/`, so that DVC tracks their content; `prepare` decodes each once
+and resizes it to `data.image_size`: grayscale when every image is grayscale, RGB otherwise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from cnnlab import CnnlabError
+from cnnlab.datasets import DatasetSpec
+from cnnlab.datasets.files import downloaded, place
+
+SPLITS = ("train", "test")
+
+
+def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names and (file, class index), as torchvision's ImageFolder finds them."""
+    import torchvision.datasets.folder as tvf
+    if not split_dir.is_dir():
+        raise CnnlabError(f"{split_dir}: missing; data.path must hold train/<class>/ and test/<class>/ folders")
+    try:
+        classes, index = tvf.find_classes(str(split_dir))
+        files = tvf.make_dataset(str(split_dir), index, extensions=tvf.IMG_EXTENSIONS)
+    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or a class without images
+        raise CnnlabError(f"{split_dir}: {err}".splitlines()[0]) from None
+    return classes, files
+
+
+def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None) -> None:
+    if not path:
+        raise CnnlabError("params.yaml: data.path must name a folder with train/<class>/ and test/<class>/ "
+                          "when data.dataset is folder")
+    base = Path(path).expanduser()
+    listed = {split: _image_files(base / split) for split in SPLITS}
+    if listed["train"][0] != listed["test"][0]:
+        raise CnnlabError(f"{base}: train/ and test/ have different class folders "
+                          f"({', '.join(listed['train'][0])} vs {', '.join(listed['test'][0])})")
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        for split, (_, files) in listed.items():
+            for file, _ in files:
+                _read_image(file, lambda image: image.size)  # the header: an unreadable file stops here
+                place(Path(file), Path(tmp), root / spec.folder / Path(file).relative_to(base))
+    return root / spec.folder
+
+
+def _read_image(path: str, read):
+    """read(PIL image) for one file; an unreadable file stops with its path."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            return read(image)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
+
+
+def _is_grayscale(root: Path) -> bool:
+    # opening reads only the header, so this pass costs little beside the decoding
+    return all(_read_image(file, lambda image: image.mode in ("1", "L", "I", "I;16", "F"))
+               for split in SPLITS for file, _ in _image_files(root / split)[1])
+
+
+def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
+    import torch
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+    folder = downloaded(root / spec.folder)
+    mode = "L" if _is_grayscale(folder) else "RGB"
+    _, files = _image_files(folder / split)
+    images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
+    for i, (file, _) in enumerate(files):
+        images[i] = _read_image(file, lambda image: pil_to_tensor(
+            image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
+    return images, torch.tensor([label for _, label in files], dtype=torch.long)
+
+
+def classes(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
+    return tuple(_image_files(downloaded(root / spec.folder) / "train")[0])

@@ -1,0 +1,47 @@
+"""The three calls the stages make, each handed to the module of the dataset's file format:
+`fetch` (download stage: raw files, verified, into data/raw), `load_split` and `class_names`
+(prepare stage: decoding to uint8 tensors).
+
+To add a format: a module in this package with fetch(spec, root, mirror, verify, path) (returns the
+folder it filled),
+decode(spec, root, split, image_size) and classes(spec, root), and its entry in FORMATS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab import CnnlabError
+from cnnlab.datasets import DATASETS, cifar, folder, idx, svhn
+from cnnlab.datasets.files import MIRROR_ENV
+
+FORMATS = {"idx": idx, "cifar": cifar, "svhn": svhn, "folder": folder}
+
+
+def fetch(dataset: str, root: Path, mirror: Path | None = None, verify: bool = True,
+          path: str | None = None) -> Path:
+    """Place every raw file of `dataset` under root, verified; return their folder."""
+    spec = DATASETS[dataset]
+    if mirror is not None and not mirror.is_dir():
+        raise CnnlabError(f"{MIRROR_ENV}={mirror}: not a folder")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return FORMATS[spec.format].fetch(spec, root, mirror, verify, path)
+
+
+def class_names(dataset: str, root: Path) -> tuple[str, ...]:
+    spec = DATASETS[dataset]
+    return tuple(FORMATS[spec.format].classes(spec, Path(root)))
+
+
+def load_split(dataset: str, root: Path, split: str, image_size: int = 32):
+    """Decode one split to (images uint8 [N, C, H, W], labels int64 [N]); image_size is used by
+    formats whose images come in any size (folder)."""
+    spec = DATASETS[dataset]
+    images, labels = FORMATS[spec.format].decode(spec, Path(root), split, image_size)
+    classes = class_names(dataset, root)
+    if len(images) != len(labels):
+        raise CnnlabError(f"{Path(root) / spec.folder}: {split} has {len(images)} images but {len(labels)} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise CnnlabError(f"{Path(root) / spec.folder}: {split} labels outside 0..{len(classes) - 1}")
+    return images, labels

@@ -1,0 +1,86 @@
+"""One way to run a model over a split: in batches, under inference_mode, with the autocast it was
+trained with. Validation, evaluation and every analysis go through `run`, so on any device the
+validation and test numbers come from the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.batches import DeviceSplit
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.precision`, or None for plain fp32.
+
+    auto turns mixed precision on for CUDA only (bf16 where supported, else fp16 with a grad scaler):
+    on CPUs without native bf16 (AVX2-only, say) autocast makes training slower.
+    """
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def run(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
+        index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 logits, labels) of each batch, in order (of `index` when given)."""
+    model.eval()
+    device = data.labels.device
+    with torch.inference_mode():
+        for x, y in data.batches(batch_size, index=index):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            yield logits.float(), y
+
+
+@dataclass
+class Scores:
+    loss: float               # mean cross-entropy
+    accuracy: float
+    predicted: torch.Tensor   # class per image, on the CPU
+    probabilities: torch.Tensor  # softmax per image, on the CPU
+
+
+def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
+          keep: bool = True) -> Scores:
+    """Loss and accuracy over a split; with `keep`, also every prediction and its probabilities."""
+    device = data.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    predicted, probabilities = [], []
+    for logits, y in run(model, data, batch_size, dtype):
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        if keep:
+            predicted.append(logits.argmax(1))
+            probabilities.append(F.softmax(logits, 1))
+    empty = torch.empty(0)
+    return Scores(loss_sum.item() / len(data), correct.item() / len(data),
+                  torch.cat(predicted).cpu() if keep else empty, torch.cat(probabilities).cpu() if keep else empty)
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The classifier's last layer: the last module with parameters of its own (a Linear head, or the
+    1x1 convolution of an all-convolutional net)."""
+    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))][-1]
+
+
+def embeddings(model: nn.Module, data: DeviceSplit, index: torch.Tensor, batch_size: int,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The input of the classifier's last layer (the embedding the classes are read from), flattened,
+    for the images at `index`."""
+    captured: list[torch.Tensor] = []
+    handle = head(model).register_forward_pre_hook(lambda mod, inputs: captured.append(inputs[0].flatten(1).float()))
+    try:
+        for _ in run(model, data, batch_size, dtype, index):
+            pass
+    finally:
+        handle.remove()
+    return torch.cat(captured).cpu()

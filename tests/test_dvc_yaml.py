@@ -1,0 +1,111 @@
+"""dvc.yaml is checked, never trusted: each stage's deps are exactly the code it runs (its script and
+every cnnlab module that script imports, transitively, lazy imports inside functions included) plus
+the data it reads; its outs are exactly what cnnlab.paths says it writes; its params are exactly
+what the stage loads (a stage sees only its declared params, see test_params.py)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab import paths, report
+from conftest import REPO
+
+SRC = REPO / "src"
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+
+# Data each stage reads besides code: the outputs of the stages before it.
+DATA_DEPS = {
+    "download": set(),
+    "prepare": {paths.OUTPUTS["download"]["raw"]},
+    "train": {paths.OUTPUTS["prepare"]["prepared"]},
+    "evaluate": {paths.OUTPUTS["prepare"]["prepared"], paths.OUTPUTS["train"]["checkpoint"]},
+    "samples": {paths.OUTPUTS["prepare"]["prepared"]},
+    "analyze": {paths.OUTPUTS["prepare"]["prepared"], paths.OUTPUTS["train"]["checkpoint"]},
+}
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a cnnlab module (or package), or None for anything outside cnnlab."""
+    if name != "cnnlab" and not name.startswith("cnnlab."):
+        return None
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Module names `path` imports anywhere in its body (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            # `from cnnlab import params` imports the module cnnlab.params
+            found |= {f"{node.module}.{alias.name}" for alias in node.names
+                      if module_file(f"{node.module}.{alias.name}") is not None}
+    return found
+
+
+def code_deps(script: Path) -> set[str]:
+    """The script and every cnnlab file it loads, with the packages around each module."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports_of(path):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                found = module_file(".".join(parts[:i]))
+                if found is not None:
+                    todo.append(found)
+    return {p.relative_to(REPO).as_posix() for p in seen}
+
+
+def declared_deps(stage: dict, model: str) -> set[str]:
+    return {d.replace("${item.model}", model) for d in stage["deps"]}
+
+
+def script_of(stage: dict) -> Path:
+    return REPO / stage["cmd"].split()[1]
+
+
+def out_paths(stage: dict, model: str) -> set[str]:
+    return {(next(iter(o)) if isinstance(o, dict) else o).replace("${item.model}", model) for o in stage["outs"]}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_deps_are_exactly_the_code_and_data_the_stage_reads(name):
+    stage = STAGES[name]
+    model = "lenet" if "matrix" in stage else ""
+    code = {d for d in declared_deps(stage, model) if d.endswith(".py")}
+    assert code == code_deps(script_of(stage)), (
+        f"{name}: missing {sorted(code_deps(script_of(stage)) - code)}, extra {sorted(code - code_deps(script_of(stage)))}")
+    data = declared_deps(stage, model) - code
+    if name == "report":  # every model's results: the folders that hold them (models come from params)
+        expected = {str(path if stage_name == "samples" else path.parent)
+                    for stage_name, roles in report.READS.items()
+                    for path in (getattr(paths.outputs(stage_name, "any"), role) for role in roles)}
+    else:
+        expected = {d.format(model=model) for d in DATA_DEPS[name]}
+    assert data == expected
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_outs_are_exactly_what_the_paths_module_says(name):
+    stage = STAGES[name]
+    model = "lenet" if "matrix" in stage else ""
+    assert out_paths(stage, model) == {str(p) for p in vars(paths.outputs(name, model)).values()}
+
+
+def test_every_stage_script_is_in_dvc_yaml():
+    scripts = {script_of(stage).name for stage in STAGES.values()}
+    assert scripts == {p.name for p in (REPO / "stages").glob("*.py")}
