@@ -12,7 +12,7 @@ def main():
     with staged_outputs() as out:
         out.json(target.metrics, result["metrics"])
         out.csv(target.per_class, result["per_class"])
-        out.csv(target.pairs, result["pairs"])
+        out.csv(target.confusion, result["confusion"])
         out.figure(target.confusion_figure, result["figure"])
     m = result["metrics"]
     print(f"evaluate: {name} test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}")

@@ -1,21 +1,39 @@
-"""Assemble report/README.md and metrics/summary.csv from every model's outputs."""
+"""Assemble the report, and gather every model's results into the files DVC shows: metrics for
+`dvc exp show`, one CSV per chart for `dvc plots`, the figures compared across runs."""
+import shutil
+
 from cnnlab import params, paths
 from cnnlab.figures import curves_figure, noise_figure
 from cnnlab.outputs import run_stage, staged_outputs
-from cnnlab.report import collect, collect_analysis, markdown, read_data_summary
+from cnnlab.report import collect, collect_analysis, comparison, markdown, read_data_summary
 
 
 def main():
     loaded = params.for_stage("report")
-    summary, histories, per_class = collect(loaded["models"])
-    analysis = collect_analysis(loaded["models"])
-    data = read_data_summary()
+    models = loaded["models"]
+    summary, histories, per_class = collect(models)
+    analysis = collect_analysis(models)
+    compared = comparison(models)
     target, dpi = paths.outputs("report"), loaded["report"]["dpi"]
     with staged_outputs() as out:
         out.csv(target.summary, summary.to_dict("records"))
+        out.json(target.scores, compared["scores"])
+        model_scores = out.path(target.model_scores)  # a folder, replaced whole: only these models
+        model_scores.mkdir()
+        for name, numbers in compared["model_scores"].items():
+            out.json(model_scores / f"{name}.json", numbers, staged=False)
+        out.csv(target.epochs, compared["epochs"])
+        out.csv(target.steps, compared["steps"])
+        out.csv(target.noise_curves, compared["noise"])
+        out.csv(target.confusion, compared["confusion"])
+        figures = out.path(target.figures)
+        figures.mkdir()
+        for name, source in compared["figures"].items():
+            shutil.copyfile(source, figures / name)
         out.figure(target.curves, curves_figure(histories), dpi=dpi)
         out.figure(target.noise, noise_figure(analysis), dpi=dpi)
-        out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis, data))
+        out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis,
+                                           read_data_summary()))
     print("report: " + ", ".join(f"{r.model} {r.test_accuracy:.4f}" for r in summary.itertuples()))
 
 

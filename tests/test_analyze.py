@@ -65,7 +65,8 @@ class RegionOnly(nn.Module):
 def test_grad_cam_highlights_the_only_region_the_prediction_depends_on():
     model = RegionOnly()
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    cam, target = grad_cam(model, x)
+    cam, target, layer = grad_cam(model, x)
+    assert layer == "conv (RegionConv)"
     assert cam.shape == (4, 28, 28) and target.tolist() == [0, 0, 0, 0]
     window = torch.zeros(28, 28, dtype=torch.bool)
     window[2:10, 4:20] = True
@@ -117,3 +118,23 @@ def test_image_likeness_is_one_for_the_image_itself_and_low_for_noise():
     assert image_likeness(images, images.repeat(1, 3, 1, 1)) == pytest.approx(1.0)
     assert abs(image_likeness(images, torch.rand(4, 8, 14, 14, generator=torch.Generator().manual_seed(0)))) < 0.3
     assert image_likeness(images, torch.rand(4, 10)) is None
+
+
+def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
+    """The class of a synthetic digit is the position of its bright block: a trained LeNet's Grad-CAM
+    must put at least twice the block's share of the image on it (uniform heat would put exactly that)."""
+    from test_train import CFG, splits
+    from cnnlab.runtime import seed_everything
+    from cnnlab.train import fit
+    from cnnlab.analyze import mass_on
+    train, val = splits(n_train=600)
+    generator = seed_everything(0)
+    model = build("lenet", 1, 10, 28)
+    result = fit(model, train, val, {**CFG, "epochs": 4}, generator)
+    assert result.val_accuracy > 0.9
+    images = val.images[:40]
+    cam, predicted, layer = grad_cam(model, val.normalise(images))
+    assert layer == "5 (ReLU)"  # the last block's output, after pooling and the ReLU
+    block = (images[:, 0] >= 180).float()  # the bright block: the only pixels that carry the class
+    area = block.mean().item()
+    assert mass_on(cam, block).mean().item() >= 2 * area, (mass_on(cam, block).mean().item(), area)

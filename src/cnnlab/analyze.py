@@ -58,47 +58,49 @@ def capture_activations(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn
     return records
 
 
-def gradcam_target(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """(name, module) whose output Grad-CAM weighs: the last Conv2d; None without convolutions."""
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1] if convs else None
-
-
-def gradcam_layer(model: nn.Module) -> str | None:
-    target = gradcam_target(model)
-    return target[0] if target else None
-
-
 def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM maps on the last Conv2d (upsampled to the input, each scaled to 0..1) and the class
-    each map explains (the predicted one unless `target` is given)."""
-    found = gradcam_target(model)
-    if found is None:
-        raise ValueError("Grad-CAM needs a convolution layer")
-    layer = found[1]
-    saved: dict[str, torch.Tensor] = {}
+             ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Grad-CAM maps (upsampled to the input, each scaled to 0..1), the class each map explains (the
+    predicted one unless `target` is given) and the layer they come from.
 
-    def keep(mod, inputs, output):
-        output.retain_grad()
-        saved["act"] = output
-
-    handle = layer.register_forward_hook(keep)
+    The layer is the last one whose output is still a spatial map (more than 1x1): the output of the
+    last convolutional block, after its ReLU and pooling, as pytorch-grad-cam picks for torchvision
+    models (ResNet's layer4, AlexNet's features). The raw Conv2d output would be wrong here: cnnlab's
+    blocks pool before the ReLU, so the conv's output still holds the negative evidence the ReLU
+    removes.
+    """
+    spatial: list[tuple[str, nn.Module, torch.Tensor]] = []
+    handles = []
+    for name, module in leaf_modules(model):
+        def keep(mod, inputs, output, name=name):
+            if output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                spatial.append((name, mod, output))
+        handles.append(module.register_forward_hook(keep))
     try:
         model.eval()
         with torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
+            if not spatial:
+                raise ValueError("Grad-CAM needs a layer with a spatial output")
+            layer, module, act = spatial[-1]
+            act.retain_grad()
             target = logits.argmax(1) if target is None else target
             logits.gather(1, target.view(-1, 1)).sum().backward()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.zero_grad(set_to_none=True)
-    act, grad = saved["act"].detach(), saved["act"].grad.detach()
+    grad, act = act.grad.detach(), act.detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)            # importance of each channel for the class
     cam = F.relu((weights * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-    return cam / peak, target
+    return cam / peak, target, f"{layer} ({type(module).__name__})"
+
+
+def mass_on(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The share of each map's total heat that falls inside `mask` (the digit's pixels, say)."""
+    return (cam * mask).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
 
 
 def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list[dict]:
@@ -184,6 +186,7 @@ def learned_filters(s: Subject, found: Findings) -> None:
     for i, (layer, conv) in enumerate(convs):
         found.figures[f"filters/{layer}.png"] = figures.filters_figure(
             f"{s.name} conv {layer}", conv.weight, i == 0, s.options["max_channels"])
+    found.metrics["last_conv"] = convs[-1][0] if convs else None
 
 
 def embedding_separation(s: Subject, found: Findings) -> None:
@@ -208,12 +211,16 @@ def embedding_separation(s: Subject, found: Findings) -> None:
 
 
 def gradcam_maps(s: Subject, found: Findings) -> None:
-    layer = gradcam_layer(s.model)
-    found.metrics["gradcam_layer"] = layer  # a network without convolutions has no Grad-CAM
-    if layer is None:
+    found.metrics["gradcam_layer"] = None  # a network without convolutions has no Grad-CAM
+    if not any(isinstance(m, nn.Conv2d) for m in s.model.modules()):
         return
     raw = s.sample_images
-    cam, predicted = grad_cam(s.model, s.test.normalise(raw))
+    cam, predicted, layer = grad_cam(s.model, s.test.normalise(raw))
+    # how much of the heat lies on the object: the brighter-than-average pixels of each image
+    grey = raw.float().mean(1)
+    on_object = (grey > grey.flatten(1).mean(1).view(-1, 1, 1)).float()
+    found.metrics.update(gradcam_layer=layer, gradcam_object_mass=float(mass_on(cam, on_object).mean()),
+                         gradcam_object_area=float(on_object.mean()))
     captions = [f"true {s.row_labels[i]}, pred {s.classes[int(predicted[i])]}" for i in range(len(s.samples))]
     found.figures["gradcam.png"] = figures.image_grid(
         raw.cpu(), captions, min(len(s.samples), 10),

@@ -47,6 +47,7 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     return {
         "metrics": metrics,
         "per_class": per_class,
-        "pairs": [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual, predicted)],
+        "confusion": [{"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
+                      for a in range(len(classes)) for p in range(len(classes))],
         "figure": confusion_figure(matrix, classes, f"{name}: test accuracy {overall['accuracy']:.2%}"),
     }

@@ -39,8 +39,9 @@ class StagedOutputs:
         self._pending.append((temporary, target))
         return temporary
 
-    def json(self, target: str | Path, data: dict) -> None:
-        with open(self.path(target), "w") as stream:
+    def json(self, target: str | Path, data: dict, staged: bool = True) -> None:
+        """staged=False writes straight to `target`, inside a folder that is itself a staged output."""
+        with open(self.path(target) if staged else target, "w") as stream:
             json.dump(data, stream, indent=2, allow_nan=False)  # NaN/inf are not JSON: fail, never write them
             stream.write("\n")
 

@@ -22,7 +22,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
     "evaluate": {
         "metrics": "metrics/test/{model}.json",
         "per_class": "metrics/per_class/{model}.csv",
-        "pairs": "plots/confusion/{model}.csv",
+        "confusion": "plots/confusion/{model}.csv",
         "confusion_figure": "plots/evaluate/{model}_confusion.png",
     },
     "samples": {
@@ -37,11 +37,20 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "mistakes": "plots/analysis/mistakes/{model}.csv",
         "metrics": "metrics/analysis/{model}.json",
     },
+    # What DVC shows (dvc.yaml's metrics and plots): the report gathers every model of `models:`,
+    # and only those, into a few files, so a run never shows another run's leftovers.
     "report": {
         "markdown": "report/README.md",
         "curves": "report/curves.png",
         "noise": "report/noise.png",
         "summary": "metrics/summary.csv",
+        "scores": "metrics/scores.json",
+        "model_scores": "metrics/models",
+        "epochs": "plots/compare/epochs.csv",
+        "steps": "plots/compare/steps.csv",
+        "noise_curves": "plots/compare/noise.csv",
+        "confusion": "plots/compare/confusion.csv",
+        "figures": "plots/compare/figures",
     },
 }
 

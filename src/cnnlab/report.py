@@ -13,11 +13,15 @@ from cnnlab import CnnlabError, paths
 # What the report reads, by stage and output role (paths.OUTPUTS): dvc.yaml's deps of the report stage
 # are the folders holding these (tests/test_dvc_yaml.py checks it).
 READS = {
-    "train": ("metrics", "history"),
-    "evaluate": ("metrics", "per_class"),
+    "train": ("metrics", "history", "steps"),
+    "evaluate": ("metrics", "per_class", "confusion"),
     "analyze": ("metrics", "layers", "noise", "figures"),
-    "samples": ("data",),
+    "samples": ("data", "figure"),
 }
+
+# The analysis figures DVC shows side by side across runs (dvc plots diff), by their file in the
+# analyze stage's folder; "filters" is the last convolution's.
+COMPARED_FIGURES = ("gradcam.png", "tsne.png", "confused.png", "filters")
 
 SUMMARY_COLUMNS = {
     "model": "model", "parameters": "parameters", "epochs_run": "epochs", "best_val_loss": "best val loss",
@@ -60,6 +64,52 @@ def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
         found[name] = {"metrics": _read_json(out.metrics), "layers": pd.read_csv(out.layers),
                        "noise": pd.read_csv(out.noise), "figures": out.figures}
     return found
+
+
+def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
+    return [{"model": model, **row} for row in frame[columns].to_dict("records")]
+
+
+def comparison(models: list[str], root: Path = Path(".")) -> dict:
+    """What `dvc metrics`, `dvc exp show` and `dvc plots` show: every model of `models`, and only
+    those, in a few files with a `model` column (one chart line, one confusion panel per model).
+
+    scores: test accuracy of each model in one file, so `dvc exp show` puts them first; model_scores:
+    the other few numbers people compare, one small file per model (`dvc metrics show` stays narrow).
+    """
+    epochs, steps, noise, confusion, figures = [], [], [], [], {}
+    scores: dict = {"test": {}}
+    model_scores: dict = {}
+    for name in models:
+        trained, tested = paths.outputs("train", name, root), paths.outputs("evaluate", name, root)
+        analysed = paths.outputs("analyze", name, root)
+        train_metrics, test_metrics = _read_json(trained.metrics), _read_json(tested.metrics)
+        analysis = _read_json(analysed.metrics)
+        epochs += _rows(pd.read_csv(trained.history), name,
+                        ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
+        steps += _rows(pd.read_csv(trained.steps), name, ["step", "loss", "accuracy"])
+        curve = pd.read_csv(analysed.noise)
+        noise += _rows(curve, name, ["noise", "accuracy"])
+        counts = pd.read_csv(tested.confusion)
+        counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
+        confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
+        scores["test"][name] = round(test_metrics["accuracy"], 4)
+        model_scores[name] = {
+            "f1": round(test_metrics["macro_f1"], 4),
+            "val_acc": round(train_metrics["val_accuracy"], 4),
+            "silhouette": round(analysis["silhouette"], 3),
+            "noisy": round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4),
+            "train_s": round(train_metrics["train_seconds"], 1),
+        }
+        for figure in COMPARED_FIGURES:
+            source = analysed.figures / (f"filters/{analysis['last_conv']}.png" if figure == "filters" else figure)
+            if figure == "filters" and not analysis.get("last_conv"):
+                continue
+            if source.is_file():
+                figures[f"{name}_{figure.removesuffix('.png')}.png"] = source
+    figures["samples.png"] = paths.outputs("samples", root=root).figure
+    return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "noise": noise,
+            "confusion": confusion, "figures": figures}
 
 
 def read_data_summary(root: Path = Path(".")) -> dict:
