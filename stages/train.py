@@ -1,14 +1,24 @@
-"""Train one model (named on the command line) and save its checkpoint, metrics and history."""
+"""Train one model (named on the command line) and save its checkpoint, metrics and history.
+Each epoch's numbers are also logged live with dvclive to dvclive/<model>/ while training runs."""
 import torch
+from dvclive import Live
 
 from cnnlab import params, paths
 from cnnlab.outputs import model_argument, run_stage, staged_outputs
 from cnnlab.train import train_model
 
+LIVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
 
 def main():
     name = model_argument("train")
-    checkpoint, metrics, history, steps = train_model(name, params.for_stage("train", name), paths.PREPARED)
+    with Live(dir=paths.LIVE.format(model=name), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        def log(record: dict) -> None:
+            for key in LIVE_KEYS:
+                live.log_metric(key, record[key])
+            live.next_step()
+
+        checkpoint, metrics, history, steps = train_model(name, params.for_stage("train", name), paths.PREPARED, log)
     target = paths.outputs("train", name)
     with staged_outputs() as out:
         torch.save(checkpoint, out.path(target.checkpoint))

@@ -72,7 +72,7 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
         assert list(rows[0])[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
         assert len(rows) == train["epochs_run"]
         with open(root / f"plots/confusion/{model}.csv") as stream:
-            assert sum(1 for _ in csv.DictReader(stream)) == 300  # one record per test sample
+            assert sum(int(r["count"]) for r in csv.DictReader(stream)) == 300  # every test image counted once
         assert (root / f"plots/evaluate/{model}_confusion.png").stat().st_size > 1000
     for model in MODELS:
         analysis = json.loads((root / f"metrics/analysis/{model}.json").read_text())
@@ -92,6 +92,30 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
         assert [r["model"] for r in csv.DictReader(stream)] == MODELS
 
     assert ran(dvc(project, "repro")) == []  # nothing changed, nothing runs
+    assert_every_chart_has_every_model(json.loads(dvc(project, "plots", "show", "--json")), MODELS, ["workspace"])
+    scores = json.loads((root / "metrics/scores.json").read_text())
+    assert list(scores["test"]) == MODELS
+    dvc(project, "plots", "show", "-o", "dvc_plots")
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "<script src" not in page and "cdn.jsdelivr" not in page  # nothing to fetch: renders offline
+    assert page.count("vegaEmbed(") == 7  # the seven charts, each rendered by the inlined Vega-Embed
+
+
+def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions: list[str]) -> None:
+    """What a user sees in `dvc plots show/diff`: every chart drawn, with data for each model of each
+    revision, and every model's compared figures."""
+    plots = shown["data"]
+    charts = {name: items for name, items in plots.items() if items[0]["type"] == "vega"}
+    assert set(charts) == {"val_accuracy", "train_loss", "val_loss", "step_loss", "step_accuracy",
+                           "noise_accuracy", "confusion"}
+    for name, items in charts.items():
+        values = items[0]["content"]["data"]["values"]
+        seen = {(row["rev"], row["model"]) for row in values}
+        assert seen == {(rev, model) for rev in revisions for model in models}, (name, sorted(seen))
+    images = {name.rsplit("/", 1)[-1] for name, items in plots.items() if items[0]["type"] == "image"}
+    for model in models:
+        assert f"{model}_tsne.png" in images, images
+        assert (f"{model}_gradcam.png" in images) == (model != "mlp"), images
 
 
 @pytest.mark.slow
@@ -126,7 +150,7 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=root, env=project[1], check=True)
     counts_before = json.loads((root / "metrics/data.json").read_text())["class_counts"]
     # The imbalance option is set the way the README says (`++`: Hydra adds keys to an empty mapping).
-    out = dvc(project, "exp", "run", "-S", "train.epochs=1", "-S", "++prepare.class_fraction={3: 0.25}")
+    out = dvc(project, "exp", "run", "-n", "short", "-S", "train.epochs=1", "-S", "++prepare.class_fraction={3: 0.25}")
     stages = set(ran(out))
     assert {f"train@{m}" for m in MODELS} | {"prepare"} <= stages and "download" not in stages
     counts = json.loads((root / "metrics/data.json").read_text())["class_counts"]
@@ -136,10 +160,25 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
     assert counts["train"][4] + counts["val"][4] == counts_before["train"][4] + counts_before["val"][4]
     for model in MODELS:
         assert json.loads((root / f"metrics/train/{model}.json").read_text())["epochs_run"] == 1
-    table = json.loads(dvc(project, "exp", "show", "--json"))
-    text = json.dumps(table)
-    assert "metrics/test/lenet.json" in text and '"accuracy"' in text and '"epochs": 1' in text
 
-    html = dvc(project, "plots", "show", "-o", "dvc_plots")
-    index = (root / "dvc_plots" / "index.html").read_text()
-    assert "val_accuracy" in index and "confusion" in index.lower() and "noise_accuracy" in index
+    # a second experiment that trains one model only: it reports that model and no other
+    dvc(project, "exp", "run", "-n", "mlp-only", "-S", "models=[mlp]")
+    table = json.loads(dvc(project, "exp", "show", "--json"))
+    reported = {}
+    for baseline in table:
+        for exp in [baseline] + [e for group in baseline.get("experiments") or [] for e in group["revs"]]:
+            data = exp.get("data") or {}
+            metrics = data.get("metrics") or {}
+            reported[data.get("name") or exp["rev"]] = {
+                model for model in (metrics.get("metrics/scores.json", {}).get("data", {}).get("test") or {})}
+    assert reported["short"] == set(MODELS) and reported["mlp-only"] == {"mlp"}, reported
+
+    shown = json.loads(dvc(project, "plots", "diff", "--json", "short", "mlp-only"))
+    plots = shown["data"]
+    for name in ("val_accuracy", "confusion", "noise_accuracy", "step_loss"):
+        seen = {(row["rev"], row["model"]) for row in plots[name][0]["content"]["data"]["values"]}
+        assert seen == {("short", m) for m in MODELS} | {("mlp-only", "mlp")}, (name, sorted(seen))
+    images = [name for name in plots if plots[name][0]["type"] == "image"]
+    assert any("cnn_gradcam" in name for name in images)
+    for items in (plots[name] for name in images):
+        assert {item["revisions"][0] for item in items} <= {"short", "mlp-only"}

@@ -54,6 +54,10 @@ OUTPUTS: dict[str, dict[str, str]] = {
     },
 }
 
+# Live per-epoch metrics of the model being trained (dvclive), for watching a run from outside; a log,
+# not an output: the train stage's outputs appear only when it succeeds.
+LIVE = "dvclive/{model}"
+
 RAW = Path(OUTPUTS["download"]["raw"])
 PREPARED = Path(OUTPUTS["prepare"]["prepared"])
 

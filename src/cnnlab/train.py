@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,9 @@ def training_augmentation(cfg: dict, device: torch.device):
 
 
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
-        label: str = "") -> TrainResult:
+        label: str = "", on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train with early stopping; `on_epoch` receives each epoch's record as soon as it is known
+    (the train stage logs it live with dvclive)."""
     optimizer = make_optimizer(model, cfg)
     steps = train.num_batches(cfg["batch_size"])
     scheduler, per_step = make_scheduler(optimizer, cfg, steps)
@@ -172,6 +175,8 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
             "seconds": time.perf_counter() - epoch_start,
         })
+        if on_epoch is not None:
+            on_epoch(result.history[-1])
         if cfg["progress"]:
             print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
@@ -187,7 +192,8 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     return result
 
 
-def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict, list[dict], list[dict]]:
+def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[[dict], None] | None = None
+                ) -> tuple[dict, dict, list[dict], list[dict]]:
     """Train one model from params; return (checkpoint, metrics, per-epoch history, per-step history)."""
     cfg, options = train_config(params, name), model_kwargs(params, name)
     device = pick_device(cfg["device"])
@@ -202,7 +208,7 @@ def train_model(name: str, params: dict, prepared_dir: Path) -> tuple[dict, dict
     model = model.to(memory_format=layout)
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout)
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout)
-    result = fit(model, train, val, cfg, generator, label=name)
+    result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch)
     metrics = {
         "parameters": count_parameters(model),
         "epochs_run": result.epochs_run,
