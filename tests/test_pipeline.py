@@ -169,7 +169,7 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
         for exp in [baseline] + [e for group in baseline.get("experiments") or [] for e in group["revs"]]:
             data = exp.get("data") or {}
             metrics = data.get("metrics") or {}
-            reported[data.get("name") or exp["rev"]] = {
+            reported[exp.get("name") or exp["rev"]] = {
                 model for model in (metrics.get("metrics/scores.json", {}).get("data", {}).get("test") or {})}
     assert reported["short"] == set(MODELS) and reported["mlp-only"] == {"mlp"}, reported
 
