@@ -138,5 +138,24 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     block = (images[:, 0] >= 180).float()  # the bright block: the only pixels that carry the class
     area = block.mean().item()
     mass = mass_on(cam, block).mean().item()
-    print(f"Grad-CAM mass on the block {mass:.3f}, block area {area:.3f}")
     assert mass >= 2 * area, (mass, area)
+    from cnnlab.analyze import guided_grad_cam
+    _, guided, _, _ = guided_grad_cam(model, val.normalise(images))
+    assert mass_on(guided, block).mean().item() >= 2 * area
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet18", "alexnet"])
+def test_guided_backprop_leaves_the_model_as_it_was(name):
+    """ResNet and AlexNet use in-place ReLUs, which backward hooks refuse: they are switched off for
+    the guided pass and restored after it."""
+    from cnnlab.analyze import guided_grad_cam
+    model = build(name, 3, 10, 32).eval()
+    flags = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = model(x)
+    cam, guided, target, layer = guided_grad_cam(model, x)
+    assert cam.shape == guided.shape == (2, 32, 32) and guided.min() >= 0 and guided.max() <= 1
+    assert [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)] == flags
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules() if m is not model)
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model(x), before)

@@ -93,6 +93,23 @@ def image_grid(images: torch.Tensor, captions: list[str], columns: int, title: s
     return fig
 
 
+def gradcam_figure(images: torch.Tensor, cams: torch.Tensor, guided: torch.Tensor, captions: list[str],
+                   title: str):
+    """One column per image: the image under its Grad-CAM heat (top), Guided Grad-CAM (bottom)."""
+    columns = len(images)
+    fig, axes = plt.subplots(2, columns, figsize=(1.3 * columns, 3.1), squeeze=False)
+    for i in range(columns):
+        _show(axes[0][i], images[i])
+        axes[0][i].imshow(cams[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[0][i].set_title(captions[i], fontsize=7)
+        axes[1][i].imshow(guided[i].numpy(), cmap="magma", vmin=0, vmax=1)
+        axes[1][i].set_xticks([])
+        axes[1][i].set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str):
     fig, ax = plt.subplots(figsize=(6, 5.2))
     palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
