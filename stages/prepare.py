@@ -13,7 +13,10 @@ def main():
     splits["info"]["dataset"] = name
     with staged_outputs() as out:
         save_prepared(splits, out.path(paths.PREPARED))
-    print(f"prepare: {name} " + ", ".join(f"{k} {v}" for k, v in splits["info"]["sizes"].items()))
+    dropped = splits["info"]["duplicates_dropped"]
+    print(f"prepare: {name} " + ", ".join(f"{k} {v}" for k, v in splits["info"]["sizes"].items())
+          + f"; exact duplicates dropped from train: {dropped['repeated_in_train']} repeated, "
+            f"{dropped['train_also_in_test']} also in test")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def main():
     target = paths.outputs("samples")
     with staged_outputs() as out:
         out.figure(target.figure, samples_figure(images, labels, info["classes"], index, PER_CLASS), dpi=options["dpi"])
-        out.json(target.data, {"classes": info["classes"], "sizes": info["sizes"], "class_counts": info["class_counts"]})
+        out.json(target.data, {"classes": info["classes"], "sizes": info["sizes"], "class_counts": info["class_counts"],
+                               "duplicates_dropped": info["duplicates_dropped"]})
     print(f"samples: {len(info['classes'])} classes")
 
 

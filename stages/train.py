@@ -4,7 +4,7 @@ import torch
 from dvclive import Live
 
 from cnnlab import params, paths
-from cnnlab.outputs import model_argument, run_stage, staged_outputs
+from cnnlab.outputs import model_argument, run_stage, staged_outputs, write_atomically
 from cnnlab.train import train_model
 
 LIVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -18,13 +18,16 @@ def main():
                 live.log_metric(key, record[key])
             live.next_step()
 
-        checkpoint, metrics, history, steps = train_model(name, params.for_stage("train", name), paths.PREPARED, log)
-    target = paths.outputs("train", name)
+        target = paths.outputs("train", name)
+        checkpoint, metrics, history, steps = train_model(name, params.for_stage("train", name), paths.PREPARED,
+                                                          log, target.resume)
     with staged_outputs() as out:
         torch.save(checkpoint, out.path(target.checkpoint))
         out.json(target.metrics, metrics)
         out.csv(target.history, history)
         out.csv(target.steps, steps)
+    # the outputs are in place: the snapshots are spent (a small marker keeps the declared output)
+    write_atomically(target.resume, lambda path: torch.save({"finished": True}, path))
     print(f"train: {name} best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, "
           f"val acc {metrics['val_accuracy']:.4f}, {metrics['train_seconds']:.1f} s, "
           f"{metrics['images_per_second']:.0f} images/s")

@@ -65,6 +65,8 @@ class StagedOutputs:
         plt.close(fig)
 
     def commit(self) -> None:
+        for temporary, _ in self._pending:
+            _fsync(temporary)  # on disk before the rename makes it the output: a crash leaves old or new
         for temporary, target in self._pending:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -77,6 +79,42 @@ class StagedOutputs:
         for holder in {temporary.parent for temporary, _ in self._pending}:
             shutil.rmtree(holder, ignore_errors=True)
         self._pending.clear()
+
+
+def _fsync(path: Path) -> None:
+    for file in ([path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]):
+        with open(file, "rb") as stream:
+            os.fsync(stream.fileno())
+
+
+def write_atomically(target: str | Path, write) -> None:
+    """write(path) to a temporary beside `target`, synced, then renamed over it in one step."""
+    target = Path(target)
+    holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
+    holder.mkdir(parents=True, exist_ok=True)
+    try:
+        write(holder / target.name)
+        _fsync(holder / target.name)
+        os.replace(holder / target.name, target)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def sweep_temporaries(folders=("data", "models", "metrics", "plots", "report")) -> int:
+    """Remove the temporaries of stage processes that were killed (their pid is gone); return how many."""
+    swept = 0
+    for folder in folders:
+        for holder in Path(folder).rglob(f"{TEMPORARY_PREFIX}*") if Path(folder).is_dir() else []:
+            try:
+                os.kill(int(holder.name.removeprefix(TEMPORARY_PREFIX)), 0)
+                continue  # that process still runs (a parallel stage)
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            shutil.rmtree(holder, ignore_errors=True)
+            swept += 1
+    return swept
 
 
 @contextmanager
@@ -106,6 +144,7 @@ def run_stage(main) -> None:
     """Entry point of every stage script: user errors become one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupted)
     try:
+        sweep_temporaries()
         main()
     except CnnlabError as err:
         print(f"error: {err}", file=sys.stderr)

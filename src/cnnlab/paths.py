@@ -18,6 +18,9 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "metrics": "metrics/train/{model}.json",
         "history": "plots/train/{model}.csv",
         "steps": "plots/steps/{model}.csv",
+        # per-epoch snapshots for resuming an interrupted run: kept across runs (persist: true in
+        # dvc.yaml), outside git and the DVC cache
+        "resume": "models/{model}.resume.pt",
     },
     "evaluate": {
         "metrics": "metrics/test/{model}.json",

@@ -4,6 +4,7 @@ validation loss with the best weights restored, and a per-epoch history.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import augment as augment_mod
+from cnnlab import CnnlabError, augment as augment_mod
 from cnnlab.batches import DeviceSplit
 from cnnlab.checkpoints import checkpoint, count_parameters, load_weights
 from cnnlab.inference import autocast_dtype, score
@@ -105,19 +106,98 @@ class TrainResult:
 
 
 def training_augmentation(cfg: dict, device: torch.device):
-    """The batch augmentation of `train.augment`, seeded from `train.seed`, or None when all is off."""
+    """(the batch augmentation of `train.augment`, its generator seeded from `train.seed`), or
+    (None, None) when all is off."""
     options = cfg["augment"]
     if not augment_mod.is_on(options):
-        return None
+        return None, None
     # its own generator on the training device: drawing on the CPU and copying would sync every batch
     generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
-    return lambda images: augment_mod.augment(images, options, generator)
+    return (lambda images: augment_mod.augment(images, options, generator)), generator
+
+
+class Resume:
+    """Per-epoch snapshots of everything a fit depends on (weights, optimizer, schedule, every random
+    generator, early stopping, the history so far), so that an interrupted fit continues from its
+    last finished epoch and ends with the same weights as an uninterrupted one.
+
+    A snapshot is used only if its fingerprint (the training params, the prepared data's description
+    and cnnlab's code) matches, and only while its fit is unfinished; written atomically each epoch.
+    """
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = Path(path), fingerprint
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a snapshot cut short by a kill, or an old format: start afresh
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint or state.get("finished"):
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        from cnnlab.outputs import write_atomically
+        write_atomically(self.path, lambda path: torch.save({**state, "fingerprint": self.fingerprint}, path))
+
+
+def _snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result, pass_seconds, finished):
+    return {
+        "epoch": epoch, "finished": finished,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "generators": [g.get_state() if g is not None else None for g in generators],
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "stopper": {"best_loss": stopper.best_loss, "best_epoch": stopper.best_epoch,
+                    "best_state": stopper.best_state, "waited": stopper.waited},
+        "history": result.history, "steps": result.steps, "pass_seconds": pass_seconds,
+        "stopped_early": result.stopped_early, "train_seconds": result.train_seconds,
+    }
+
+
+def _restore(state, model, optimizer, scheduler, scaler, generators, stopper, result) -> float:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    for generator, saved in zip(generators, state["generators"]):
+        if generator is not None:
+            generator.set_state(saved)
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    stopper.__dict__.update(state["stopper"])
+    result.history, result.steps, result.stopped_early = state["history"], state["steps"], state["stopped_early"]
+    result.train_seconds = state["train_seconds"]
+    return state["pass_seconds"]
+
+
+def _check_finite(label: str, epoch: int, step_loss: torch.Tensor, val_loss: float) -> None:
+    """A diverged fit stops with one line; nothing is saved (the stage writes outputs only after)."""
+    bad = torch.nonzero(~torch.isfinite(step_loss)).flatten()
+    if len(bad):
+        step = int(bad[0])
+        raise CnnlabError(f"{label}: training diverged at epoch {epoch}, step {step + 1} of {len(step_loss)} "
+                          f"(loss {step_loss[step].item()}); nothing was saved: lower the learning rate "
+                          f"or check the data")
+    if not math.isfinite(val_loss):
+        raise CnnlabError(f"{label}: validation loss is {val_loss} after epoch {epoch}; nothing was saved: "
+                          f"lower the learning rate or check the data")
 
 
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
-        label: str = "", on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        label: str = "", on_epoch: Callable[[dict], None] | None = None, resume: Resume | None = None
+        ) -> TrainResult:
     """Train with early stopping; `on_epoch` receives each epoch's record as soon as it is known
-    (the train stage logs it live with dvclive)."""
+    (the train stage logs it live with dvclive); `resume` snapshots every epoch and continues from
+    the last snapshot of an interrupted fit."""
     optimizer = make_optimizer(model, cfg)
     steps = train.num_batches(cfg["batch_size"])
     scheduler, per_step = make_scheduler(optimizer, cfg, steps)
@@ -127,7 +207,8 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     dtype = autocast_dtype(cfg["precision"], device)
     # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (scaler disabled)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augment = training_augmentation(cfg, device)
+    augment, augment_generator = training_augmentation(cfg, device)
+    generators = (generator, augment_generator)
     # torch.compile pays a compile time up front for faster steps; the original module is kept for
     # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
     step_model = torch.compile(model) if cfg["compile"] else model
@@ -135,8 +216,14 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     step_size = torch.full((steps,), cfg["batch_size"], device=device, dtype=torch.long)
     step_size[-1] = len(train) - (steps - 1) * cfg["batch_size"]
     start = time.perf_counter()
-    pass_seconds = 0.0
-    for epoch in range(1, cfg["epochs"] + 1):
+    pass_seconds, first_epoch = 0.0, 1
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        pass_seconds = _restore(saved, model, optimizer, scheduler, scaler, generators, stopper, result)
+        first_epoch = cfg["epochs"] + 1 if result.stopped_early else saved["epoch"] + 1
+        if cfg["progress"]:
+            print(f"{label}: resuming after epoch {saved['epoch']} (train.resume)", flush=True)
+    for epoch in range(first_epoch, cfg["epochs"] + 1):
         model.train()
         epoch_start = time.perf_counter()
         # per-batch loss and accuracy stay on the device (no host sync inside the step)
@@ -170,6 +257,7 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
                                  "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
         pass_seconds += time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype)
+        _check_finite(label or "model", epoch, step_loss, val_loss)
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
@@ -180,10 +268,15 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
         if cfg["progress"]:
             print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
-        if stopper.update(epoch, val_loss, model):
-            result.stopped_early = True
+        result.stopped_early = stopper.update(epoch, val_loss, model)
+        result.train_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        if resume is not None:
+            resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
+                                  pass_seconds, finished=False))
+        if result.stopped_early:
             break
-    result.train_seconds = time.perf_counter() - start
+    result.train_seconds += time.perf_counter() - start
     stopper.restore(model)
     result.epochs_run = len(result.history)
     result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best_loss
@@ -192,9 +285,27 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     return result
 
 
-def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[[dict], None] | None = None
-                ) -> tuple[dict, dict, list[dict], list[dict]]:
-    """Train one model from params; return (checkpoint, metrics, per-epoch history, per-step history)."""
+def fingerprint(name: str, cfg: dict, options: dict, prepared_dir: Path) -> str:
+    """What a resume snapshot must match: the training params (display options aside), the prepared
+    data's description and sizes, and cnnlab's own code."""
+    import hashlib
+    import json
+    import cnnlab
+    digest = hashlib.sha256(json.dumps({"model": name, "options": options, "train": {
+        k: v for k, v in cfg.items() if k not in ("progress", "resume")}}, sort_keys=True).encode())
+    digest.update((Path(prepared_dir) / "info.json").read_bytes())
+    for split in ("train.pt", "val.pt"):
+        digest.update(str((Path(prepared_dir) / split).stat().st_size).encode())
+    for source in sorted(Path(cnnlab.__file__).parent.rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[[dict], None] | None = None,
+                resume_path: Path | None = None) -> tuple[dict, dict, list[dict], list[dict]]:
+    """Train one model from params; return (checkpoint, metrics, per-epoch history, per-step history).
+    With `resume_path` (and train.resume on), every epoch is snapshotted there and an interrupted
+    fit of the same params, data and code continues from its last snapshot."""
     cfg, options = train_config(params, name), model_kwargs(params, name)
     device = pick_device(cfg["device"])
     generator = seed_everything(cfg["seed"])
@@ -208,7 +319,9 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     model = model.to(memory_format=layout)
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout)
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout)
-    result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch)
+    resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
+        if resume_path is not None and cfg["resume"] else None
+    result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
     metrics = {
         "parameters": count_parameters(model),
         "epochs_run": result.epochs_run,

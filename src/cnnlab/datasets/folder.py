@@ -18,15 +18,36 @@ SPLITS = ("train", "test")
 
 
 def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (file, class index), as torchvision's ImageFolder finds them."""
+    """Class names and (file, class index), as torchvision's ImageFolder finds them (its class
+    folders and image extensions), but walked without following folder links: a link back into the
+    tree would list images twice, and train and test could share them. A linked folder, or a linked
+    file that leads outside the split's folder, stops with its path."""
+    import os
     import torchvision.datasets.folder as tvf
     if not split_dir.is_dir():
         raise CnnlabError(f"{split_dir}: missing; data.path must hold train/<class>/ and test/<class>/ folders")
-    try:
-        classes, index = tvf.find_classes(str(split_dir))
-        files = tvf.make_dataset(str(split_dir), index, extensions=tvf.IMG_EXTENSIONS)
-    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or a class without images
-        raise CnnlabError(f"{split_dir}: {err}".splitlines()[0]) from None
+    root = split_dir.resolve()
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        raise CnnlabError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    files = []
+    for index, name in enumerate(classes):
+        found = []
+        for folder, subfolders, names in sorted(os.walk(split_dir / name)):  # ImageFolder's order
+            for sub in subfolders:
+                if (Path(folder) / sub).is_symlink():
+                    raise CnnlabError(f"{Path(folder) / sub}: a linked folder (it could list images twice "
+                                      f"or reach outside data.path); copy the images instead")
+            for file in sorted(names):
+                path = Path(folder) / file
+                if not path.suffix.lower() in tvf.IMG_EXTENSIONS:
+                    continue
+                if path.is_symlink() and not path.resolve().is_relative_to(root):
+                    raise CnnlabError(f"{path}: links to {path.resolve()}, outside {split_dir}; copy the image instead")
+                found.append((str(path), index))
+        if not found:
+            raise CnnlabError(f"{split_dir / name}: no images ({', '.join(tvf.IMG_EXTENSIONS[:4])}, ...)")
+        files += found
     return classes, files
 
 
@@ -48,13 +69,27 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
 
 
 def _read_image(path: str, read):
-    """read(PIL image) for one file; an unreadable file stops with its path."""
+    """read(PIL image) for one file; an unreadable file, or one larger than PIL's decompression-bomb
+    limit (about 179 million pixels), stops with its path."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as image:
             return read(image)
+    except Image.DecompressionBombError as err:
+        raise CnnlabError(f"{path}: too large to decode safely ({err}".split(" could be")[0] + ")") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
+
+
+def _to_8bit(image):
+    """16-bit and float grayscale scaled to 0..255 (PIL's own conversion clips them to 0 or 255)."""
+    import numpy as np
+    from PIL import Image
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def _is_grayscale(root: Path) -> bool:
@@ -73,7 +108,7 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
     for i, (file, _) in enumerate(files):
         images[i] = _read_image(file, lambda image: pil_to_tensor(
-            image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
+            _to_8bit(image).convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,43 @@ def _torchvision_class(spec: DatasetSpec):
 def files(spec: DatasetSpec) -> list[tuple[str, str]]:
     """(uncompressed file name, original archive MD5) of each raw file, from torchvision's list."""
     return [(archive.removesuffix(".gz"), md5) for archive, md5 in _torchvision_class(spec).resources]
+
+
+MAX_BYTES = 1 << 32  # no IDX dataset cnnlab reads comes near 4 GiB (MNIST's largest file: 47 MB)
+
+
+def _copy_idx(source, target: Path, name: str, where: Path) -> None:
+    """Copy one IDX stream (gzipped or plain) to target, reading no more than its header declares:
+    a file that claims more than MAX_BYTES, or holds more or less than it claims, stops here, before
+    a decompression bomb is written out."""
+    import struct
+    header = source.read(4)
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or not 1 <= header[3] <= 4:
+        raise CnnlabError(f"{where}: not an IDX file of unsigned bytes (magic {header.hex() or 'missing'}, "
+                          f"expected 0000080N); replace it with the original {name}")
+    expected_dims = 1 if "labels" in name else 3
+    dims_bytes = source.read(4 * header[3])
+    dims = struct.unpack(f">{header[3]}I", dims_bytes) if len(dims_bytes) == 4 * header[3] else ()
+    if len(dims) != expected_dims:
+        raise CnnlabError(f"{where}: declares {header[3]} dimensions {dims}, but {name} has {expected_dims}")
+    size = 1
+    for dim in dims:
+        size *= dim
+    if size > MAX_BYTES:
+        raise CnnlabError(f"{where}: declares {' x '.join(map(str, dims))} = {size:,} bytes, over the "
+                          f"{MAX_BYTES:,}-byte limit; not an original {name}")
+    with open(target, "wb") as out:
+        out.write(header + dims_bytes)
+        left = size
+        while left:
+            chunk = source.read(min(left, 1 << 20))
+            if not chunk:
+                raise CnnlabError(f"{where}: truncated: {size - left:,} of the {size:,} bytes its header "
+                                  f"declares; replace it with the original {name}")
+            out.write(chunk)
+            left -= len(chunk)
+    if source.read(1):
+        raise CnnlabError(f"{where}: holds more than the {size:,} bytes its header declares; not an original {name}")
 
 
 def _verify(spec: DatasetSpec, name: str, source: Path, content: Path, archive_md5: str) -> None:
@@ -63,9 +99,8 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
                                   f"{name}.gz", archive_md5, workdir, f"{spec.folder}/raw/{name}.gz")
             content = workdir / name
             try:
-                with (gzip.open(source, "rb") if is_gzip(source) else open(source, "rb")) as src, \
-                        open(content, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                with (gzip.open(source, "rb") if is_gzip(source) else open(source, "rb")) as src:
+                    _copy_idx(src, content, name, source)
             except (OSError, EOFError) as err:
                 raise CnnlabError(f"{source}: unreadable ({err}); replace it with the original file") from None
             if verify:
