@@ -257,23 +257,23 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
                                  "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
         pass_seconds += time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype)
-        _check_finite(label or "model", epoch, step_loss, val_loss)
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
             "seconds": time.perf_counter() - epoch_start,
         })
+        _check_finite(label or "model", epoch, step_loss, val_loss)
+        result.stopped_early = stopper.update(epoch, val_loss, model)
+        result.train_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        if resume is not None:  # before anything is reported: a reported epoch is a saved one
+            resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
+                                  pass_seconds, finished=False))
         if on_epoch is not None:
             on_epoch(result.history[-1])
         if cfg["progress"]:
             print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
-        result.stopped_early = stopper.update(epoch, val_loss, model)
-        result.train_seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        if resume is not None:
-            resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
-                                  pass_seconds, finished=False))
         if result.stopped_early:
             break
     result.train_seconds += time.perf_counter() - start
