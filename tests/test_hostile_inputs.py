@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import struct
+import time
 import subprocess
 import sys
 import zlib
@@ -280,3 +281,60 @@ def test_images_in_both_train_and_test_are_dropped_from_train_and_counted(tmp_pa
     assert result.returncode == 0 and "exact duplicates dropped from train: 1 repeated, 1 also in test" in result.stdout
     sizes = yaml.safe_load((project / "data" / "prepared" / "info.json").read_text())["sizes"]
     assert sizes["train"] + sizes["val"] == 12 and sizes["test"] == 6
+
+
+def test_a_model_too_large_for_memory_is_one_line(prepared, tmp_path):
+    """Counted on the meta device, before any allocation: 65536 hidden units at image_size 28 are
+    4.35e9 parameters, 81 GiB for weights, gradients, Adam moments and the best copy."""
+    project = fresh(prepared, tmp_path)
+    from cnnlab.runtime import available_bytes
+    if available_bytes() > 100 * 2**30:
+        pytest.skip("this machine has room for it")
+    edit_params(project, mlp={"hidden": 65536})
+    assert_one_line_error(run(project, "stages/train.py", "mlp"), "parameters needs",
+                          "GiB is free")
+    assert not (project / "models" / "mlp.pt").exists()
+
+
+def test_a_folder_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
+    from cnnlab import CnnlabError
+    from cnnlab.datasets import formats
+    import cnnlab.runtime
+    base = image_folder(tmp_path / "imgs")
+    formats.fetch("folder", tmp_path / "raw", path=str(base))
+    monkeypatch.setattr(cnnlab.runtime, "available_bytes", lambda device=None: 1000)
+    with pytest.raises(CnnlabError, match=r"decoding 12 train images at data.image_size 32 needs 0.0 GiB but only"):
+        formats.load_split("folder", tmp_path / "raw", "train", 32)
+
+
+def test_an_archive_that_unpacks_too_large_is_refused_before_unpacking(tmp_path, monkeypatch):
+    from cnnlab import CnnlabError
+    from cnnlab.datasets import cifar, formats
+    from conftest import make_cifar_mirror
+    mirror = make_cifar_mirror(tmp_path / "m", archive=True)
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 1000)
+    with pytest.raises(CnnlabError, match=r"cifar-10-python.tar.gz: unpacks to [\d,]+ bytes, over the 1,000-byte limit"):
+        formats.fetch("cifar10", tmp_path / "raw", mirror, verify=False)
+
+
+def test_a_stage_ends_when_its_parent_dies(prepared, tmp_path):
+    """What `dvc repro` killed with SIGTERM leaves behind: the stage must stop, not finish unrecorded."""
+    project = fresh(prepared, tmp_path)
+    edit_params(project, train={"epochs": 200})
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, 'stages/train.py', 'mlp'], cwd={str(project)!r}, "
+        f"env={{**os.environ, 'PYTHONPATH': {str(REPO / 'src')!r}}}, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL); print(child.pid, flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not (project / "models" / "mlp.resume.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # training is under way
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert not (project / "models" / "mlp.pt").exists() and not (project / "metrics").exists()

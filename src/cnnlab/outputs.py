@@ -140,10 +140,25 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
 
 
+def _end_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies: `dvc repro` killed with SIGTERM
+    exits at once without stopping the stage it runs, which would then finish and write outputs
+    that no dvc.lock records."""
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        pass
+    if os.getppid() == 1:  # the parent died before we asked
+        raise KeyboardInterrupt
+
+
 def run_stage(main) -> None:
     """Entry point of every stage script: user errors become one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupted)
     try:
+        _end_with_parent()
         sweep_temporaries()
         main()
     except CnnlabError as err:

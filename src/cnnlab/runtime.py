@@ -6,14 +6,29 @@ import os
 import platform
 import random
 
-import numpy as np
-import torch
-import torchvision
-
 from cnnlab import CnnlabError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def available_bytes(device=None) -> int:
+    """Memory free for new tensors: the GPU's on CUDA, the machine's otherwise."""
+    if device is not None and device.type == "cuda":
+        import torch
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def check_memory(needed: int, what: str, device=None) -> None:
+    """One clear line, instead of an allocation failure deep inside torch, when `needed` bytes
+    cannot fit."""
+    free = available_bytes(device)
+    if needed > free:
+        raise CnnlabError(f"{what} needs {needed / 2**30:,.1f} GiB but only {free / 2**30:,.1f} GiB is free"
+                          f"{' on ' + str(device) if device is not None else ''}; use smaller sizes")
+
+
+def pick_device(name: str = "auto") -> "torch.device":
+    import torch
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
@@ -24,8 +39,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> "torch.Generator":
     """Seed every RNG a run touches; return a CPU generator for the shuffling order."""
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -36,8 +53,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: "torch.device") -> str:
     if device.type == "cuda":
+        import torch
         return torch.cuda.get_device_name(device)
     try:  # platform.processor() is often empty on Linux; /proc/cpuinfo names the CPU
         with open("/proc/cpuinfo") as info:
@@ -49,7 +67,9 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, seed: int) -> dict:
+def environment(device: "torch.device", seed: int) -> dict:
+    import torch
+    import torchvision
     return {
         "device": device.type,
         "device_name": device_name(device),

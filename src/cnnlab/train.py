@@ -22,7 +22,7 @@ from cnnlab.inference import autocast_dtype, score
 from cnnlab.models import build
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
-from cnnlab.runtime import environment, pick_device, seed_everything
+from cnnlab.runtime import check_memory, environment, pick_device, seed_everything
 
 
 def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
@@ -311,7 +311,12 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     generator = seed_everything(cfg["seed"])
     data = load_prepared(prepared_dir, ("train", "val"))
     info = data["info"]
-    model = build(name, info["channels"], len(info["classes"]), info["image_size"], **options)
+    shape = (info["channels"], len(info["classes"]), info["image_size"])
+    with torch.device("meta"):  # the architecture without its memory: count before allocating
+        parameters = count_parameters(build(name, *shape, **options))
+    # weights, gradients, two Adam moments and the best epoch's copy: five float32 copies
+    check_memory(parameters * 4 * 5, f"{name} with {parameters:,} parameters", device)
+    model = build(name, *shape, **options)
     if cfg["weights"]:
         load_weights(model, cfg["weights"])
     model = model.to(device)

@@ -60,9 +60,16 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
     return raw
 
 
+MAX_ARCHIVE_BYTES = 1 << 30  # CIFAR-10 and CIFAR-100 unpack to under 200 MB
+
+
 def _extract(archive: Path, into: Path) -> None:
     try:
         with tarfile.open(archive, "r:gz") as tar:
+            declared = sum(member.size for member in tar.getmembers())
+            if declared > MAX_ARCHIVE_BYTES:  # checked from the headers, before anything is unpacked
+                raise CnnlabError(f"{archive}: unpacks to {declared:,} bytes, over the {MAX_ARCHIVE_BYTES:,}-byte "
+                                  f"limit; not an original CIFAR archive")
             tar.extractall(into, filter="data")  # refuses absolute paths, links out and devices
     except (tarfile.TarError, OSError, EOFError) as err:
         raise CnnlabError(f"{archive}: not a readable .tar.gz ({err}); replace it with the original file") from None

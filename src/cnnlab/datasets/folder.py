@@ -13,6 +13,7 @@ from pathlib import Path
 from cnnlab import CnnlabError
 from cnnlab.datasets import DatasetSpec
 from cnnlab.datasets.files import downloaded, place
+from cnnlab.runtime import check_memory
 
 SPLITS = ("train", "test")
 
@@ -105,6 +106,8 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     folder = downloaded(root / spec.folder)
     mode = "L" if _is_grayscale(folder) else "RGB"
     _, files = _image_files(folder / split)
+    check_memory(len(files) * (1 if mode == "L" else 3) * image_size * image_size,
+                 f"decoding {len(files):,} {split} images at data.image_size {image_size}")
     images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
     for i, (file, _) in enumerate(files):
         images[i] = _read_image(file, lambda image: pil_to_tensor(
