@@ -27,30 +27,26 @@ def stage(project: Path, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
+def prepared_project(tmp: Path, n_train: int, batch_size: int) -> Path:
     """A project with generated MNIST downloaded and prepared, for the train stage's cases."""
-    tmp = tmp_path_factory.mktemp("hostile")
     project = project_copy(tmp)
     edit_params(project, data={"verify_checksums": False},
-                train={"epochs": 4, "batch_size": 64, "scheduler": "none", "patience": 0})
-    mirror = make_mirror(tmp / "mirror", n_train=400, n_test=100)
+                train={"epochs": 4, "batch_size": batch_size, "scheduler": "none", "patience": 0})
+    mirror = make_mirror(tmp / "mirror", n_train=n_train, n_test=100)
     for script in ("stages/download.py", "stages/prepare.py"):
         assert run(project, script, mirror=mirror).returncode == 0
     return project
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepared_project(tmp_path_factory.mktemp("hostile"), n_train=400, batch_size=64)
 
 
 @pytest.fixture(scope="module")
 def slower(tmp_path_factory) -> Path:
-    """Like `prepared`, with epochs long enough (about 170 steps) for a kill to land inside the next one."""
-    tmp = tmp_path_factory.mktemp("hostile-slow")
-    project = project_copy(tmp)
-    edit_params(project, data={"verify_checksums": False},
-                train={"epochs": 4, "batch_size": 16, "scheduler": "none", "patience": 0})
-    mirror = make_mirror(tmp / "mirror", n_train=3000, n_test=100)
-    for script in ("stages/download.py", "stages/prepare.py"):
-        assert run(project, script, mirror=mirror).returncode == 0
-    return project
+    """Epochs long enough (about 170 steps) for a kill sent after one to land inside the next."""
+    return prepared_project(tmp_path_factory.mktemp("hostile-slow"), n_train=3000, batch_size=16)
 
 
 def fresh(prepared: Path, tmp_path: Path) -> Path:

@@ -98,7 +98,6 @@ def test_alexnet_resizes_each_batch_to_its_input_size():
 
 def test_model_options_are_checked_as_their_signatures_declare():
     from conftest import REPO
-    from cnnlab.params import load
     import yaml
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, value, message in (("alexnet", {"input_size": 32}, "alexnet.input_size must be an integer >= 63"),

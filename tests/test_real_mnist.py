@@ -1,6 +1,5 @@
 """On the real MNIST files (skipped when ../shared/datasets is absent)."""
 
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 def _show(ax, image: torch.Tensor, cmap="gray"):
     image = image.float()

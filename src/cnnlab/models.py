@@ -10,10 +10,13 @@ every stage, and reading the registry's options must not cost torch's import (se
 that never build a model, such as the report.
 """
 
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
 from cnnlab import CnnlabError
 from cnnlab.checks import choice, integer, number
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODELS: dict[str, Callable] = {}
 

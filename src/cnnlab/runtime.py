@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import random
+from typing import TYPE_CHECKING
 
 from cnnlab import CnnlabError
+
+if TYPE_CHECKING:  # imported where used: validating params and the report need no torch
+    import torch
 
 
 def available_bytes(device=None) -> int:
