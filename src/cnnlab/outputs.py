@@ -154,12 +154,14 @@ def _end_with_parent() -> None:
         raise KeyboardInterrupt
 
 
-def run_stage(main) -> None:
-    """Entry point of every stage script: user errors become one line on stderr and exit code 1."""
+def run_stage(main, sweep: bool = True) -> None:
+    """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
+    user errors become one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         _end_with_parent()
-        sweep_temporaries()
+        if sweep:
+            sweep_temporaries()
         main()
     except CnnlabError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,6 +16,8 @@ from cnnlab.datasets.files import downloaded, place
 from cnnlab.runtime import check_memory
 
 SPLITS = ("train", "test")
+# the suffixes torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -24,7 +26,6 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
     tree would list images twice, and train and test could share them. A linked folder, or a linked
     file that leads outside the split's folder, stops with its path."""
     import os
-    import torchvision.datasets.folder as tvf
     if not split_dir.is_dir():
         raise CnnlabError(f"{split_dir}: missing; data.path must hold train/<class>/ and test/<class>/ folders")
     root = split_dir.resolve()
@@ -41,13 +42,13 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
                                       f"or reach outside data.path); copy the images instead")
             for file in sorted(names):
                 path = Path(folder) / file
-                if not path.suffix.lower() in tvf.IMG_EXTENSIONS:
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 if path.is_symlink() and not path.resolve().is_relative_to(root):
                     raise CnnlabError(f"{path}: links to {path.resolve()}, outside {split_dir}; copy the image instead")
                 found.append((str(path), index))
         if not found:
-            raise CnnlabError(f"{split_dir / name}: no images ({', '.join(tvf.IMG_EXTENSIONS[:4])}, ...)")
+            raise CnnlabError(f"{split_dir / name}: no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
         files += found
     return classes, files
 
@@ -64,12 +65,12 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         for split, (_, files) in listed.items():
             for file, _ in files:
-                _read_image(file, lambda image: image.size)  # the header: an unreadable file stops here
+                read_image(file, lambda image: image.size)  # the header: an unreadable file stops here
                 place(Path(file), Path(tmp), root / spec.folder / Path(file).relative_to(base))
     return root / spec.folder
 
 
-def _read_image(path: str, read):
+def read_image(path: str, read):
     """read(PIL image) for one file; an unreadable file, or one larger than PIL's decompression-bomb
     limit (about 179 million pixels), stops with its path."""
     from PIL import Image, UnidentifiedImageError
@@ -82,7 +83,7 @@ def _read_image(path: str, read):
         raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
 
 
-def _to_8bit(image):
+def to_8bit(image):
     """16-bit and float grayscale scaled to 0..255 (PIL's own conversion clips them to 0 or 255)."""
     import numpy as np
     from PIL import Image
@@ -95,7 +96,7 @@ def _to_8bit(image):
 
 def _is_grayscale(root: Path) -> bool:
     # opening reads only the header, so this pass costs little beside the decoding
-    return all(_read_image(file, lambda image: image.mode in ("1", "L", "I", "I;16", "F"))
+    return all(read_image(file, lambda image: image.mode in ("1", "L", "I", "I;16", "F"))
                for split in SPLITS for file, _ in _image_files(root / split)[1])
 
 
@@ -110,8 +111,8 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
                  f"decoding {len(files):,} {split} images at data.image_size {image_size}")
     images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
     for i, (file, _) in enumerate(files):
-        images[i] = _read_image(file, lambda image: pil_to_tensor(
-            _to_8bit(image).convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
+        images[i] = read_image(file, lambda image: pil_to_tensor(
+            to_8bit(image).convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 
 
