@@ -1,4 +1,6 @@
 """Fetch the raw dataset files into data/raw (from $CNNLAB_DATA_MIRROR when set), verified."""
+import json
+
 from cnnlab import params, paths
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
@@ -11,9 +13,14 @@ def main():
     with staged_outputs() as out:
         raw = datasets.fetch(data["dataset"], out.path(paths.RAW), mirror, data["verify_checksums"], data["path"])
         files = sum(1 for p in raw.rglob("*") if p.is_file())
-    source = data["path"] if data["dataset"] == "folder" else mirror or "the network"
+        found = json.loads((raw / "manifest.json").read_text()) if data["dataset"] == "folder" else None
+    if found:
+        print(f"download: {data['path']}: " + ", ".join(f"{split} {n} images" for split, n in found["images"].items())
+              + f" ({'grayscale' if found['grayscale'] else 'colour'}); {found['skipped_not_images']} files "
+                f"skipped as not images")
+        return
     checked = "verified" if data["verify_checksums"] else "NOT verified (data.verify_checksums: false)"
-    print(f"download: {data['dataset']} from {source}: {files} files, {checked}")
+    print(f"download: {data['dataset']} from {mirror or 'the network'}: {files} files, {checked}")
 
 
 if __name__ == "__main__":

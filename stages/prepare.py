@@ -8,8 +8,11 @@ from cnnlab.prepare import prepare, save_prepared
 def main():
     loaded = params.for_stage("prepare")
     name, size = loaded["data"]["dataset"], loaded["data"]["image_size"]
-    splits = prepare(datasets.load_split(name, paths.RAW, "train", size), datasets.load_split(name, paths.RAW, "test", size),
-                     datasets.class_names(name, paths.RAW), loaded["prepare"])
+    present = datasets.splits(name, paths.RAW)
+    decoded = {split: datasets.load_split(name, paths.RAW, split, size) for split in present}
+    # a folder without a test split comes as one set (`all`): prepare carves test (and val) from it
+    splits = prepare(decoded.get("train", decoded.get("all")), decoded.get("test"),
+                     datasets.class_names(name, paths.RAW), loaded["prepare"], decoded.get("val"))
     splits["info"]["dataset"] = name
     with staged_outputs() as out:
         save_prepared(splits, out.path(paths.PREPARED))

@@ -116,3 +116,12 @@ def make_svhn_mirror(root: Path, n_train: int = 200, n_test: int = 60) -> Path:
         y = np.where(labels == 0, 10, labels).reshape(-1, 1).astype(np.uint8)
         savemat(folder / name, {"X": images.transpose(2, 3, 1, 0), "y": y})
     return root
+
+
+def png_bytes(width: int, height: int, value: int = 128) -> bytes:
+    """A grayscale PNG file of the given size, in memory."""
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), value).save(buffer, format="PNG")
+    return buffer.getvalue()

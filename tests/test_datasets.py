@@ -227,3 +227,79 @@ def test_folder_dataset_needs_matching_class_folders(tmp_path):
         datasets.fetch("folder", tmp_path / "raw", path=str(base))
     with pytest.raises(CnnlabError, match="data.path must name a folder"):
         datasets.fetch("folder", tmp_path / "raw", path=None)
+
+
+def class_tree(base, per_class=10, size=12):
+    """A plain <class>/* tree (no train/ or test/), each class a different grey level with its own
+    noise per image (identical images would be dropped as duplicates)."""
+    from PIL import Image
+    rng = np.random.default_rng(len(str(base)))
+    for cls, value in (("bright", 220), ("dark", 30), ("mid", 128)):
+        (base / cls).mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.integers(-20, 21, (size, size))
+            Image.fromarray((value + noise).clip(0, 255).astype(np.uint8)).save(base / cls / f"{i}.png")
+    return base
+
+
+def test_a_plain_class_tree_gets_a_seeded_stratified_test_split(tmp_path):
+    from cnnlab.prepare import prepare
+    from conftest import base_params
+    base = class_tree(tmp_path / "imgs")
+    (base / "dark" / "readme.txt").write_text("not an image")
+    raw = datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    manifest = __import__("json").loads((raw / "manifest.json").read_text())
+    assert manifest["splits"] == ["all"] and manifest["skipped_not_images"] == 1 and manifest["images"] == {"all": 30}
+    assert datasets.splits("folder", tmp_path / "raw") == ("all",)
+    data = datasets.load_split("folder", tmp_path / "raw", "all", 8)
+    options = {**base_params()["prepare"], "test_fraction": 0.2, "val_fraction": 0.25}
+    splits = prepare(data, None, datasets.class_names("folder", tmp_path / "raw"), options)
+    assert splits["info"]["class_counts"]["test"] == [2, 2, 2]
+    assert splits["info"]["class_counts"]["train"] == [6, 6, 6] and splits["info"]["class_counts"]["val"] == [2, 2, 2]
+
+
+def test_a_val_folder_is_used_as_the_validation_split(tmp_path):
+    from cnnlab.prepare import prepare
+    from conftest import base_params
+    base = tmp_path / "imgs"
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        class_tree(base / split, per_class=n)
+    datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    assert datasets.splits("folder", tmp_path / "raw") == ("train", "val", "test")
+    decoded = {s: datasets.load_split("folder", tmp_path / "raw", s, 8) for s in ("train", "val", "test")}
+    splits = prepare(decoded["train"], decoded["test"], datasets.class_names("folder", tmp_path / "raw"),
+                     base_params()["prepare"], decoded["val"])
+    assert splits["info"]["sizes"] == {"train": 18, "val": 9, "test": 6}
+
+
+def test_parallel_decoding_gives_the_images_one_process_gives(tmp_path, monkeypatch):
+    from cnnlab.datasets import folder
+    base = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    from PIL import Image
+    for cls in ("a", "b"):
+        (base / cls).mkdir(parents=True)
+        for i in range(300):  # more than one chunk of 256
+            Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(base / cls / f"{i:03d}.png")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    parallel, labels = datasets.load_split("folder", tmp_path / "raw", "all", 12)
+    monkeypatch.setattr(folder, "workers", lambda: 1)
+    single, _ = datasets.load_split("folder", tmp_path / "raw", "all", 12)
+    assert parallel.shape == (600, 3, 12, 12) and torch.equal(parallel, single)
+    assert labels.tolist() == [0] * 300 + [1] * 300
+    files = sorted((base / "b").glob("*.png"))
+    expected = np.asarray(Image.open(files[7]).convert("RGB").resize((12, 12), Image.Resampling.BILINEAR))
+    assert np.array_equal(parallel[307].permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda base: (base / "train" / "dark" / "tiny.png").write_bytes(__import__("conftest").png_bytes(1, 1)),
+     "tiny.png: too small to learn from (1x1 pixels, smaller than 8x8)"),
+    (lambda base: (base / "train" / "dark" / "empty.jpg").write_bytes(b""), "empty.jpg: unreadable image"),
+    (lambda base: (base / "train" / "grey").mkdir(), "train/grey: no images"),
+])
+def test_folder_problems_are_one_line_naming_the_path(tmp_path, make, fragment):
+    base = write_image_folder(tmp_path / "imgs")
+    make(base)
+    with pytest.raises(CnnlabError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        datasets.fetch("folder", tmp_path / "raw", path=str(base))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cnnlab import CnnlabError
-from cnnlab.prepare import channel_stats, first_n, per_class_sample, prepare, stratified_split
+from cnnlab.prepare import channel_stats, per_class_sample, prepare, stratified_split, stratified_subset
 
 OPTIONS = {"train_size": None, "samples_per_class": None, "test_size": None, "val_fraction": 0.2, "seed": 0}
 
@@ -15,12 +15,34 @@ def labelled(n, num_classes=10, seed=0):
     return images, labels
 
 
-def test_first_n_keeps_the_first_images_and_refuses_too_many():
+def test_a_subset_is_seeded_stratified_and_in_the_original_order():
+    """A folder lists its images class by class: the first N would be the first classes only."""
     images, labels = labelled(100)
-    x, y = first_n(images, labels, 30, "prepare.train_size")
-    assert torch.equal(x, images[:30]) and torch.equal(y, labels[:30])
+    order = labels.argsort(stable=True)
+    images, labels = images[order], labels[order]  # class by class, like a folder
+    x, y = stratified_subset(images, labels, 30, seed=0, what="prepare.train_size")
+    share = torch.bincount(y, minlength=10) - torch.bincount(labels, minlength=10) * 0.3
+    assert share.abs().max() <= 1 and len(y) == 30  # every class in its proportion
+    assert y.tolist() == sorted(y.tolist())  # kept in their original order
+    again, _ = stratified_subset(images, labels, 30, seed=0, what="prepare.train_size")
+    other, _ = stratified_subset(images, labels, 30, seed=1, what="prepare.train_size")
+    assert torch.equal(x, again) and not torch.equal(x, other)
     with pytest.raises(CnnlabError, match="prepare.train_size is 101 but the dataset has only 100"):
-        first_n(images, labels, 101, "prepare.train_size")
+        stratified_subset(images, labels, 101, seed=0, what="prepare.train_size")
+
+
+def test_a_split_without_a_class_the_test_split_has_stops():
+    from cnnlab.prepare import check_classes
+    with pytest.raises(CnnlabError, match="the test split has class c but the training split has no image of it"):
+        check_classes(torch.tensor([0, 1, 0]), {"test": torch.tensor([0, 2])}, ("a", "b", "c"))
+
+
+def test_a_dataset_in_one_set_gets_a_seeded_stratified_test_split():
+    data = labelled(500)
+    splits = prepare(data, None, tuple("abcdefghij"), {**OPTIONS, "test_fraction": 0.2})
+    assert splits["info"]["sizes"] == {"train": 320, "val": 80, "test": 100}
+    share = torch.bincount(splits["test"][1], minlength=10) - torch.bincount(data[1], minlength=10) * 0.2
+    assert share.abs().max() <= 1
 
 
 def test_per_class_sample_is_balanced_seeded_and_from_the_data():

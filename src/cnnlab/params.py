@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "samples_per_class": checks.integer(1, optional=True),
         "val_fraction": checks.number(0, 1, low_open=True, high_open=True),
         "val_size": checks.integer(1, optional=True),
+        "test_fraction": checks.number(0, 1, low_open=True, high_open=True),
         "class_fraction": checks.class_fractions,
         "seed": checks.integer(0),
     },

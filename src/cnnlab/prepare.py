@@ -15,10 +15,15 @@ import torch
 from cnnlab import CnnlabError
 
 
-def first_n(images: torch.Tensor, labels: torch.Tensor, n: int, what: str):
+def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str):
+    """A seeded random `n` images with every class in its proportion, kept in their original order.
+    (Never the first n: a folder lists its images class by class, so those would be a few classes.)"""
     if n > len(labels):
         raise CnnlabError(f"params.yaml: {what} is {n} but the dataset has only {len(labels)} images")
-    return images[:n], labels[:n]
+    if n == len(labels):
+        return images, labels
+    keep, _ = stratified_split(labels, len(labels) - n, seed, what)
+    return images[keep], labels[keep]
 
 
 def per_class_sample(images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int,
@@ -54,17 +59,17 @@ def thin_classes(images: torch.Tensor, labels: torch.Tensor, fractions: dict[int
     return images[keep], labels[keep]
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int):
-    """Index tensors (train, val) with each class in the same proportion in both parts.
-    val_fraction: a fraction of the images, or (an int) an exact number of validation images."""
+def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int, what: str | None = None):
+    """Index tensors (kept, split off) with each class in the same proportion in both parts.
+    val_fraction: a fraction of the images, or (an int) an exact number of images to split off."""
     from sklearn.model_selection import train_test_split  # here, not at the top: only prepare splits
     everything = torch.arange(len(labels))
-    what = "val_size" if isinstance(val_fraction, int) else "val_fraction"
+    what = what or ("prepare.val_size" if isinstance(val_fraction, int) else "prepare.val_fraction")
     try:
         train_idx, val_idx = train_test_split(
             everything.numpy(), test_size=val_fraction, random_state=seed, stratify=labels.numpy())
     except ValueError as err:
-        raise CnnlabError(f"params.yaml: prepare.{what}={val_fraction} cannot split "
+        raise CnnlabError(f"params.yaml: {what}={val_fraction} cannot split "
                           f"{len(labels)} images by class ({err})") from None
     return torch.from_numpy(train_idx).sort().values, torch.from_numpy(val_idx).sort().values
 
@@ -136,25 +141,52 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
     return torch.bincount(labels, minlength=num_classes).tolist()
 
 
-def prepare(train: tuple, test: tuple, classes: tuple[str, ...], options: dict) -> dict:
-    """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}."""
+def carve(data: tuple, fraction: float, seed: int, what: str) -> tuple[tuple, tuple]:
+    """Split a dataset that comes as one set: (the rest, a seeded stratified `fraction`)."""
+    images, labels = data
+    rest, carved = stratified_split(labels, fraction, seed, what)
+    return (images[rest], labels[rest]), (images[carved], labels[carved])
+
+
+def check_classes(train_labels: torch.Tensor, other: dict[str, torch.Tensor], classes) -> None:
+    """A class the model never sees in training cannot be learned: stop rather than report a score
+    over the classes it did see."""
+    seen = set(train_labels.unique().tolist())
+    for split, labels in other.items():
+        missing = sorted(set(labels.unique().tolist()) - seen)
+        if missing:
+            names = ", ".join(str(classes[c]) for c in missing[:5])
+            raise CnnlabError(f"prepare: the {split} split has class {names} but the training split has no image "
+                              f"of it; use more training images or a balanced subset (prepare.samples_per_class)")
+
+
+def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options: dict, val: tuple | None = None
+            ) -> dict:
+    """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}.
+    test None: the dataset comes as one set, and a seeded stratified `prepare.test_fraction` of it
+    becomes the test split; val given: the dataset's own validation split, used instead of carving one."""
+    if test is None:
+        train, test = carve(train, options["test_fraction"], options["seed"], "prepare.test_fraction")
     check_shapes(train[0], test[0])
     (train_x, train_y), duplicates = drop_duplicates(train, test)
     test_x, test_y = test
     if options["train_size"] is not None:
-        train_x, train_y = first_n(train_x, train_y, options["train_size"], "prepare.train_size")
+        train_x, train_y = stratified_subset(train_x, train_y, options["train_size"], options["seed"],
+                                             "prepare.train_size")
     elif options["samples_per_class"] is not None:
         train_x, train_y = per_class_sample(train_x, train_y, options["samples_per_class"], len(classes),
                                             options["seed"])
     train_x, train_y = thin_classes(train_x, train_y, options.get("class_fraction") or {}, len(classes),
                                     options["seed"])
     if options["test_size"] is not None:
-        test_x, test_y = first_n(test_x, test_y, options["test_size"], "prepare.test_size")
-    val = options.get("val_size") or options["val_fraction"]
-    train_idx, val_idx = stratified_split(train_y, val, options["seed"])
+        test_x, test_y = stratified_subset(test_x, test_y, options["test_size"], options["seed"], "prepare.test_size")
+    if val is None:
+        (train_x, train_y), val = carve((train_x, train_y), options.get("val_size") or options["val_fraction"],
+                                        options["seed"], "prepare.val_size" if options.get("val_size") else None)
+    check_classes(train_y, {"validation": val[1], "test": test_y}, classes)
     splits = {
-        "train": (train_x[train_idx].contiguous(), train_y[train_idx].contiguous()),
-        "val": (train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
+        "train": (train_x.contiguous(), train_y.contiguous()),
+        "val": (val[0].contiguous(), val[1].contiguous()),
         "test": (test_x.contiguous(), test_y.contiguous()),
     }
     mean, std = channel_stats(splits["train"][0])

@@ -1,12 +1,17 @@
-"""The user's own images: `data.path` holds `train/<class>/*` and `test/<class>/*` (PNG, JPEG, ...).
+"""The user's own images. `data.path` holds either `train/<class>/*` (with `test/<class>/*` and
+`val/<class>/*` when the user has them), or just `<class>/*`; prepare carves whatever split is
+missing (seeded and stratified: `prepare.test_fraction`, `prepare.val_fraction`).
 
-`download` copies the image files, as torchvision's ImageFolder finds them, into
-`data/raw/folder/{train,test}/<class>/`, so that DVC tracks their content; `prepare` decodes each once
-and resizes it to `data.image_size`: grayscale when every image is grayscale, RGB otherwise.
+`download` checks every image's header and copies the files, as torchvision's ImageFolder would
+find them, into `data/raw/folder/<split>/<class>/` (`all/` for a plain class tree), so that DVC tracks
+their content; `prepare` decodes each one once, on every core, resized to `data.image_size`:
+grayscale when every image is grayscale, RGB otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,13 +20,15 @@ from cnnlab.datasets import DatasetSpec
 from cnnlab.datasets.files import downloaded, place
 from cnnlab.runtime import check_memory
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+MIN_SIDE = 8  # smaller images hold too little to learn from: refused, never blown up
+MANIFEST = "manifest.json"
 # the suffixes torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (file, class index), as torchvision's ImageFolder finds them (its class
+def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]], int]:
+    """Class names, (file, class index) and the number of files skipped as not images, as torchvision's ImageFolder finds them (its class
     folders and image extensions), but walked without following folder links: a link back into the
     tree would list images twice, and train and test could share them. A linked folder, or a linked
     file that leads outside the split's folder, stops with its path."""
@@ -32,7 +39,7 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
     if not classes:
         raise CnnlabError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
-    files = []
+    files, skipped = [], 0
     for index, name in enumerate(classes):
         found = []
         for folder, subfolders, names in sorted(os.walk(split_dir / name)):  # ImageFolder's order
@@ -43,6 +50,7 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
             for file in sorted(names):
                 path = Path(folder) / file
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped += 1  # notes, thumbnails databases, ...: not images, counted
                     continue
                 if path.is_symlink() and not path.resolve().is_relative_to(root):
                     raise CnnlabError(f"{path}: links to {path.resolve()}, outside {split_dir}; copy the image instead")
@@ -50,24 +58,54 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
         if not found:
             raise CnnlabError(f"{split_dir / name}: no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
         files += found
-    return classes, files
+    return classes, files, skipped
 
 
-def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None) -> None:
+def layout(base: Path) -> dict[str, Path]:
+    """split -> its folder: train/ (test/, val/) when there is a train/, else the whole tree as `all`."""
+    if (base / "train").is_dir():
+        return {split: base / split for split in SPLITS if (base / split).is_dir()}
+    return {"all": base}
+
+
+def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None) -> Path:
     if not path:
-        raise CnnlabError("params.yaml: data.path must name a folder with train/<class>/ and test/<class>/ "
+        raise CnnlabError("params.yaml: data.path must name a folder of images (<class>/* or train/<class>/*) "
                           "when data.dataset is folder")
     base = Path(path).expanduser()
-    listed = {split: _image_files(base / split) for split in SPLITS}
-    if listed["train"][0] != listed["test"][0]:
-        raise CnnlabError(f"{base}: train/ and test/ have different class folders "
-                          f"({', '.join(listed['train'][0])} vs {', '.join(listed['test'][0])})")
+    if not base.is_dir():
+        raise CnnlabError(f"{base}: data.path is not a folder")
+    listed = {split: _image_files(folder) for split, folder in layout(base).items()}
+    first = next(iter(listed))
+    for split, (classes, _, _) in listed.items():
+        if classes != listed[first][0]:
+            raise CnnlabError(f"{base}: {first}/ and {split}/ have different class folders "
+                              f"({', '.join(listed[first][0])} vs {', '.join(classes)})")
+    grayscale = True
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        for split, (_, files) in listed.items():
+        for split, (_, files, _) in listed.items():
             for file, _ in files:
-                read_image(file, lambda image: image.size)  # the header: an unreadable file stops here
-                place(Path(file), Path(tmp), root / spec.folder / Path(file).relative_to(base))
+                mode = read_image(file, _header)  # an unreadable, oversized or tiny image stops here
+                grayscale = grayscale and mode in GRAYSCALE_MODES
+                place(Path(file), Path(tmp), root / spec.folder / split / Path(file).relative_to(layout(base)[split]))
+    skipped = sum(count for _, _, count in listed.values())
+    (root / spec.folder / MANIFEST).write_text(json.dumps({
+        "splits": list(listed), "grayscale": grayscale, "skipped_not_images": skipped,
+        "images": {split: len(files) for split, (_, files, _) in listed.items()}}, indent=2) + "\n")
     return root / spec.folder
+
+
+GRAYSCALE_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class _TooSmall(ValueError):
+    pass
+
+
+def _header(image) -> str:
+    if min(image.size) < MIN_SIDE:
+        raise _TooSmall(f"{image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}x{MIN_SIDE}")
+    return image.mode
 
 
 def read_image(path: str, read):
@@ -77,6 +115,8 @@ def read_image(path: str, read):
     try:
         with Image.open(path) as image:
             return read(image)
+    except _TooSmall as err:
+        raise CnnlabError(f"{path}: too small to learn from ({err}); remove it") from None
     except Image.DecompressionBombError as err:
         raise CnnlabError(f"{path}: too large to decode safely ({err}".split(" could be")[0] + ")") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
@@ -94,27 +134,55 @@ def to_8bit(image):
     return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def _is_grayscale(root: Path) -> bool:
-    # opening reads only the header, so this pass costs little beside the decoding
-    return all(read_image(file, lambda image: image.mode in ("1", "L", "I", "I;16", "F"))
-               for split in SPLITS for file, _ in _image_files(root / split)[1])
+def manifest(root: Path, spec: DatasetSpec) -> dict:
+    return json.loads(downloaded(root / spec.folder / MANIFEST).read_text())
+
+
+def splits(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
+    return tuple(manifest(root, spec)["splits"])
+
+
+def _decode_chunk(job: tuple[list[str], str, int]):
+    """Decode a list of files to uint8 [n, C, size, size] (runs in a worker process)."""
+    import numpy as np
+    from PIL import Image
+    files, mode, size = job
+    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
+    for i, file in enumerate(files):
+        array = read_image(file, lambda image: np.asarray(
+            to_8bit(image).convert(mode).resize((size, size), Image.Resampling.BILINEAR)))
+        out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
+    return out
+
+
+def workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
+    """Decode one split on every core (a pool of worker processes, each a chunk of files at a time),
+    with a progress bar when run in a terminal."""
+    import multiprocessing
     import torch
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
+    from tqdm import tqdm
     folder = downloaded(root / spec.folder)
-    mode = "L" if _is_grayscale(folder) else "RGB"
-    _, files = _image_files(folder / split)
+    mode = "L" if manifest(root, spec)["grayscale"] else "RGB"
+    _, files, _ = _image_files(folder / split)
     check_memory(len(files) * (1 if mode == "L" else 3) * image_size * image_size,
                  f"decoding {len(files):,} {split} images at data.image_size {image_size}")
     images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
-    for i, (file, _) in enumerate(files):
-        images[i] = read_image(file, lambda image: pil_to_tensor(
-            to_8bit(image).convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)))
+    chunk = 256
+    jobs = [([file for file, _ in files[i:i + chunk]], mode, image_size) for i in range(0, len(files), chunk)]
+    # fork: workers start at once and only use PIL and numpy, never torch
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(min(workers(), max(1, len(jobs)))) as pool, \
+            tqdm(total=len(files), desc=f"decoding {split} images", unit="image", disable=None, leave=False) as bar:
+        for i, array in enumerate(pool.imap(_decode_chunk, jobs)):
+            images[i * chunk:i * chunk + len(array)] = torch.from_numpy(array)
+            bar.update(len(array))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 
 
 def classes(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
-    return tuple(_image_files(downloaded(root / spec.folder) / "train")[0])
+    folder = downloaded(root / spec.folder)
+    return tuple(_image_files(folder / splits(spec, root)[0])[0])

@@ -29,6 +29,14 @@ def fetch(dataset: str, root: Path, mirror: Path | None = None, verify: bool = T
     return FORMATS[spec.format].fetch(spec, root, mirror, verify, path)
 
 
+def splits(dataset: str, root: Path) -> tuple[str, ...]:
+    """The splits the raw data comes in: ("train", "test") for the published datasets; for a folder,
+    those it has ("all" for a plain class tree: prepare carves the rest)."""
+    spec = DATASETS[dataset]
+    own = getattr(FORMATS[spec.format], "splits", None)
+    return own(spec, Path(root)) if own else ("train", "test")
+
+
 def class_names(dataset: str, root: Path) -> tuple[str, ...]:
     spec = DATASETS[dataset]
     return tuple(FORMATS[spec.format].classes(spec, Path(root)))
