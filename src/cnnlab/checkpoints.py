@@ -63,6 +63,69 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+# torchvision's weight enums for the models of the zoo that have ImageNet weights
+PRETRAINED = {"alexnet": "AlexNet_Weights", "resnet18": "ResNet18_Weights"}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def is_pretrained_name(value: str | None) -> bool:
+    """`weights: imagenet`, or a torchvision enum name such as IMAGENET1K_V1 (a path otherwise)."""
+    return bool(value) and (value == "imagenet" or value.split(".")[-1].isupper())
+
+
+def pretrained_weights(model_name: str, value: str):
+    """The torchvision weights enum member that `weights:` names for this model."""
+    import torchvision
+    if model_name not in PRETRAINED:
+        raise CnnlabError(f"params.yaml: {model_name}.weights {value!r}: torchvision has no pretrained weights "
+                          f"for {model_name} (only for {', '.join(PRETRAINED)}); use a local state dict")
+    enum = getattr(torchvision.models, PRETRAINED[model_name])
+    name = "DEFAULT" if value == "imagenet" else value.split(".")[-1]
+    try:
+        return enum.DEFAULT if name == "DEFAULT" else enum[name]
+    except KeyError:
+        raise CnnlabError(f"params.yaml: {model_name}.weights must be imagenet, a local file or one of "
+                          f"{', '.join(m.name for m in enum)}; got {value!r}") from None
+
+
+def fetch_pretrained(weights) -> dict:
+    """The weights' state dict from the torch hub cache ($TORCH_HOME/hub/checkpoints), fetched there
+    first when the network allows; offline, one line naming the file to place and where."""
+    import torch.hub
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    file = cache / Path(weights.url).name
+    if not file.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(file), progress=False)
+        except Exception as err:  # no network, proxy, refused: all mean "place the file by hand"
+            raise CnnlabError(f"cannot fetch {weights} ({type(err).__name__}); without network, place "
+                              f"{file.name} (from {weights.url}) in {cache} (set TORCH_HOME to move it)") from None
+    return _read(file, "missing", "state dict")
+
+
+def adapt_pretrained(model: nn.Module, state: dict) -> list[str]:
+    """Load ImageNet weights into a model of the zoo; return the names of the tensors kept as
+    initialised. The first convolution of 1-channel data gets the sum of the RGB kernels (a gray
+    image replicated to three channels gives the same response); a layer whose shape differs
+    anyway (the head of another number of classes, ResNet's 3x3 CIFAR stem) keeps its own init."""
+    own = model.state_dict()
+    loaded, kept = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if value.dim() == 4 and value.shape[1] == 3 and own[key].shape[1] == 1 and value.shape[2:] == own[key].shape[2:]:
+            value = value.sum(dim=1, keepdim=True)
+        if value.shape == own[key].shape:
+            loaded[key] = value
+        else:
+            kept.append(key)
+    kept += [key for key in own if key not in state]
+    _require_finite(Path("pretrained"), loaded)
+    model.load_state_dict(loaded, strict=False)
+    return kept
+
+
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     path = Path(path)
     ckpt = _read(path, "missing; run the train stage first (dvc repro)", "cnnlab checkpoint")

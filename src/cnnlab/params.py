@@ -110,6 +110,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "compile": checks.boolean,
         "eval_batch_size": checks.integer(1, MAX_BATCH),
         "weights": checks.optional_text,
+        "freeze": checks.boolean,
         "progress": checks.boolean,
         "resume": checks.boolean,
     },

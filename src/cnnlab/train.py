@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from cnnlab import CnnlabError, augment as augment_mod
 from cnnlab.batches import DeviceSplit
-from cnnlab.checkpoints import checkpoint, count_parameters, load_weights
-from cnnlab.inference import autocast_dtype, score
+from cnnlab.checkpoints import (IMAGENET_MEAN, IMAGENET_STD, adapt_pretrained, checkpoint, count_parameters,
+                                fetch_pretrained, is_pretrained_name, load_weights, pretrained_weights)
+from cnnlab.inference import autocast_dtype, head, score
 from cnnlab.models import build
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
@@ -34,8 +35,12 @@ def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def _imagenet(values: list[float], channels: int) -> list[float]:
+    return values if channels == 3 else [sum(values) / 3]
+
+
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (train.freeze) stay out
     # fused kernels do the whole update in one pass; supported on CPU and CUDA for these three
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": True}
     if cfg["optimizer"] == "adam":
@@ -317,8 +322,18 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     # weights, gradients, two Adam moments and the best epoch's copy: five float32 copies
     check_memory(parameters * 4 * 5, f"{name} with {parameters:,} parameters", device)
     model = build(name, *shape, **options)
-    if cfg["weights"]:
+    pretrained = is_pretrained_name(cfg["weights"])
+    if pretrained:  # torchvision's ImageNet weights, normalised as they were trained
+        kept = adapt_pretrained(model, fetch_pretrained(pretrained_weights(name, cfg["weights"])))
+        info = {**info, "mean": _imagenet(IMAGENET_MEAN, info["channels"]), "std": _imagenet(IMAGENET_STD, info["channels"])}
+        if cfg["progress"]:
+            print(f"{name}: ImageNet weights loaded; trained from scratch: {', '.join(kept) or 'nothing'}", flush=True)
+    elif cfg["weights"]:
         load_weights(model, cfg["weights"])
+    if cfg["freeze"]:  # train the head only
+        head_parameters = set(map(id, head(model).parameters()))
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in head_parameters)
     model = model.to(device)
     layout = torch.channels_last if uses_channels_last(model, cfg["memory_format"]) else torch.contiguous_format
     model = model.to(memory_format=layout)
