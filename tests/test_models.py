@@ -131,3 +131,17 @@ def test_weights_load_from_a_local_state_dict_and_mismatches_are_clear(tmp_path)
         load_weights(build("lenet", 1, 10, 28), tmp_path / "plain.pt")
     with pytest.raises(CnnlabError, match="weights file not found"):
         load_weights(target, tmp_path / "nope.pt")
+
+
+def test_resnet_small_is_the_cifar_resnet_20():
+    """He et al.'s ResNet-20 layout: 3 stages of 3 BasicBlocks at 16, 32, 64 channels (projection
+    shortcuts: 272,474 parameters for CIFAR-10), feature maps 32, 16 and 8 pixels wide."""
+    model = build("resnet_small", 3, 10, 32).eval()
+    assert count_parameters(model) == 272_474
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 1 + 3 * 3 * 2  # the stem and two per block: 19 convolutions and the head make 20 layers
+    sizes = []
+    for stage in (model[3], model[4], model[5]):
+        stage.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sizes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
