@@ -13,7 +13,7 @@ def main():
     models = loaded["models"]
     summary, histories, per_class = collect(models)
     analysis = collect_analysis(models)
-    compared = comparison(models)
+    compared = comparison(summary, histories, analysis)
     target, dpi = paths.outputs("report"), loaded["report"]["dpi"]
     with staged_outputs() as out:
         out.csv(target.summary, summary.to_dict("records"))

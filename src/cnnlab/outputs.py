@@ -26,6 +26,13 @@ from cnnlab import CnnlabError
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
 
 
+def _temporary(target: Path) -> Path:
+    """Where `target` is written first: its own name, in this process's hidden folder beside it."""
+    holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
+    holder.mkdir(parents=True, exist_ok=True)
+    return holder / target.name
+
+
 class StagedOutputs:
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
@@ -33,9 +40,7 @@ class StagedOutputs:
     def path(self, target: str | Path) -> Path:
         """A temporary path for `target` (same filesystem, so the final rename is atomic)."""
         target = Path(target)
-        holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
-        holder.mkdir(parents=True, exist_ok=True)
-        temporary = holder / target.name
+        temporary = _temporary(target)
         self._pending.append((temporary, target))
         return temporary
 
@@ -89,15 +94,13 @@ def _fsync(path: Path) -> None:
 
 def write_atomically(target: str | Path, write) -> None:
     """write(path) to a temporary beside `target`, synced, then renamed over it in one step."""
-    target = Path(target)
-    holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
-    holder.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary(Path(target))
     try:
-        write(holder / target.name)
-        _fsync(holder / target.name)
-        os.replace(holder / target.name, target)
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, target)
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
+        shutil.rmtree(temporary.parent, ignore_errors=True)
 
 
 def sweep_temporaries(folders=("data", "models", "metrics", "plots", "report")) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from cnnlab import CnnlabError
 from cnnlab.batches import DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
-from cnnlab.datasets.folder import IMAGE_SUFFIXES, read_image, to_8bit
+from cnnlab.datasets.folder import IMAGE_SUFFIXES, decode_files
 from cnnlab.inference import autocast_dtype, run
 from cnnlab.runtime import pick_device
 
@@ -42,11 +42,7 @@ def image_paths(paths: list[str]) -> list[Path]:
 
 def load_images(paths: list[Path], channels: int, size: int) -> torch.Tensor:
     """uint8 [N, C, size, size], decoded as the folder dataset decodes training images."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-    mode = "L" if channels == 1 else "RGB"
-    return torch.stack([read_image(str(path), lambda image: pil_to_tensor(
-        to_8bit(image).convert(mode).resize((size, size), Image.Resampling.BILINEAR))) for path in paths])
+    return torch.from_numpy(decode_files([str(path) for path in paths], "L" if channels == 1 else "RGB", size))
 
 
 def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256

@@ -70,9 +70,11 @@ def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
     return [{"model": model, **row} for row in frame[columns].to_dict("records")]
 
 
-def comparison(models: list[str], root: Path = Path(".")) -> dict:
-    """What `dvc metrics`, `dvc exp show` and `dvc plots` show: every model of `models`, and only
+def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Path = Path(".")) -> dict:
+    """What `dvc metrics`, `dvc exp show` and `dvc plots` show: every model of the summary, and only
     those, in a few files with a `model` column (one chart line, one confusion panel per model).
+    Built from what `collect` and `collect_analysis` already read; only the per-batch history and
+    the confusion counts are read here.
 
     scores: test accuracy of each model in one file, so `dvc exp show` puts them first; model_scores:
     the other few numbers people compare, one small file per model (`dvc metrics show` stays narrow).
@@ -80,31 +82,28 @@ def comparison(models: list[str], root: Path = Path(".")) -> dict:
     epochs, steps, noise, confusion, figures = [], [], [], [], {}
     scores: dict = {"test": {}}
     model_scores: dict = {}
-    for name in models:
-        trained, tested = paths.outputs("train", name, root), paths.outputs("evaluate", name, root)
-        analysed = paths.outputs("analyze", name, root)
-        train_metrics, test_metrics = _read_json(trained.metrics), _read_json(tested.metrics)
-        analysis = _read_json(analysed.metrics)
-        epochs += _rows(pd.read_csv(trained.history), name,
-                        ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
-        steps += _rows(pd.read_csv(trained.steps), name, ["step", "loss", "accuracy"])
-        curve = pd.read_csv(analysed.noise)
+    for row in summary.itertuples():
+        name, found = row.model, analysis[row.model]
+        epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
+        steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
+        curve = found["noise"]
         noise += _rows(curve, name, ["noise", "accuracy"])
-        counts = pd.read_csv(tested.confusion)
+        counts = pd.read_csv(paths.outputs("evaluate", name, root).confusion)
         counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
-        scores["test"][name] = round(test_metrics["accuracy"], 4)
+        scores["test"][name] = round(row.test_accuracy, 4)
         model_scores[name] = {
-            "f1": round(test_metrics["macro_f1"], 4),
-            "val_acc": round(train_metrics["val_accuracy"], 4),
-            "silhouette": round(analysis["silhouette"], 3),
+            "f1": round(row.test_macro_f1, 4),
+            "val_acc": round(row.val_accuracy, 4),
+            "silhouette": round(found["metrics"]["silhouette"], 3),
             "noisy": round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4),
-            "train_s": round(train_metrics["train_seconds"], 1),
+            "train_s": round(row.train_seconds, 1),
         }
+        last_conv = found["metrics"].get("last_conv")
         for figure in COMPARED_FIGURES:
-            source = analysed.figures / (f"filters/{analysis['last_conv']}.png" if figure == "filters" else figure)
-            if figure == "filters" and not analysis.get("last_conv"):
+            if figure == "filters" and not last_conv:
                 continue
+            source = found["figures"] / (f"filters/{last_conv}.png" if figure == "filters" else figure)
             if source.is_file():
                 figures[f"{name}_{figure.removesuffix('.png')}.png"] = source
     figures["samples.png"] = paths.outputs("samples", root=root).figure

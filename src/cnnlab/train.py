@@ -149,9 +149,9 @@ class Resume:
         write_atomically(self.path, lambda path: torch.save({**state, "fingerprint": self.fingerprint}, path))
 
 
-def _snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result, pass_seconds, finished):
+def _snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result, pass_seconds):
     return {
-        "epoch": epoch, "finished": finished,
+        "epoch": epoch,
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -273,7 +273,7 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
         start = time.perf_counter()
         if resume is not None:  # before anything is reported: a reported epoch is a saved one
             resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
-                                  pass_seconds, finished=False))
+                                  pass_seconds))
         if on_epoch is not None:
             on_epoch(result.history[-1])
         if cfg["progress"]:
@@ -342,6 +342,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] else None
     result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
+    dtype = autocast_dtype(cfg["precision"], device)
     metrics = {
         "parameters": count_parameters(model),
         "epochs_run": result.epochs_run,
@@ -353,10 +354,10 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "images_per_second": round(result.images_per_second, 1),
         "train_images": len(train),
         "dataset": info.get("dataset", ""),
-        "precision": str(autocast_dtype(cfg["precision"], device) or torch.float32).removeprefix("torch."),
+        "precision": str(dtype or torch.float32).removeprefix("torch."),
         "memory_format": "channels_last" if layout is torch.channels_last else "contiguous",
         "compiled": cfg["compile"],
         "env": environment(device, cfg["seed"]),
     }
-    trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg["precision"], device)]
+    trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     return checkpoint(name, model, options, info, trained_in), metrics, result.history, result.steps

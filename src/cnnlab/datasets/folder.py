@@ -75,22 +75,23 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
     base = Path(path).expanduser()
     if not base.is_dir():
         raise CnnlabError(f"{base}: data.path is not a folder")
-    listed = {split: _image_files(folder) for split, folder in layout(base).items()}
+    folders = layout(base)
+    listed = {split: _image_files(folder) for split, folder in folders.items()}
     first = next(iter(listed))
-    for split, (classes, _, _) in listed.items():
-        if classes != listed[first][0]:
+    for split, (names, _, _) in listed.items():
+        if names != listed[first][0]:
             raise CnnlabError(f"{base}: {first}/ and {split}/ have different class folders "
-                              f"({', '.join(listed[first][0])} vs {', '.join(classes)})")
+                              f"({', '.join(listed[first][0])} vs {', '.join(names)})")
     grayscale = True
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         for split, (_, files, _) in listed.items():
             for file, _ in files:
                 mode = read_image(file, _header)  # an unreadable, oversized or tiny image stops here
                 grayscale = grayscale and mode in GRAYSCALE_MODES
-                place(Path(file), Path(tmp), root / spec.folder / split / Path(file).relative_to(layout(base)[split]))
+                place(Path(file), Path(tmp), root / spec.folder / split / Path(file).relative_to(folders[split]))
     skipped = sum(count for _, _, count in listed.values())
     (root / spec.folder / MANIFEST).write_text(json.dumps({
-        "splits": list(listed), "grayscale": grayscale, "skipped_not_images": skipped,
+        "splits": list(listed), "classes": listed[first][0], "grayscale": grayscale, "skipped_not_images": skipped,
         "images": {split: len(files) for split, (_, files, _) in listed.items()}}, indent=2) + "\n")
     return root / spec.folder
 
@@ -142,17 +143,21 @@ def splits(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
     return tuple(manifest(root, spec)["splits"])
 
 
-def _decode_chunk(job: tuple[list[str], str, int]):
-    """Decode a list of files to uint8 [n, C, size, size] (runs in a worker process)."""
+def decode_files(files: list[str], mode: str, size: int):
+    """Decode image files to uint8 [n, C, size, size]: 8-bit, `mode` (L or RGB), resized (bilinear).
+    The one decoding of the user's images: for training (in worker processes) and for predict."""
     import numpy as np
     from PIL import Image
-    files, mode, size = job
     out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
     for i, file in enumerate(files):
         array = read_image(file, lambda image: np.asarray(
             to_8bit(image).convert(mode).resize((size, size), Image.Resampling.BILINEAR)))
         out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
     return out
+
+
+def _decode_job(job: tuple[list[str], str, int]):
+    return decode_files(*job)  # one picklable argument for Pool.imap, which runs it in a worker
 
 
 def workers() -> int:
@@ -177,12 +182,11 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with context.Pool(min(workers(), max(1, len(jobs)))) as pool, \
             tqdm(total=len(files), desc=f"decoding {split} images", unit="image", disable=None, leave=False) as bar:
-        for i, array in enumerate(pool.imap(_decode_chunk, jobs)):
+        for i, array in enumerate(pool.imap(_decode_job, jobs)):
             images[i * chunk:i * chunk + len(array)] = torch.from_numpy(array)
             bar.update(len(array))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 
 
 def classes(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
-    folder = downloaded(root / spec.folder)
-    return tuple(_image_files(folder / splits(spec, root)[0])[0])
+    return tuple(manifest(root, spec)["classes"])
