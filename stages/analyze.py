@@ -6,8 +6,10 @@ from cnnlab.outputs import model_argument, run_stage, staged_outputs
 
 def main():
     name = model_argument("analyze")
-    options = params.for_stage("analyze", name)["analyze"]
-    found = analyze_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED, options)
+    stage = params.for_stage("analyze", name)
+    options = stage["analyze"]
+    found = analyze_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED, options,
+                          stage["data"]["max_device_bytes"])
     target = paths.outputs("analyze", name)
     with staged_outputs() as out:
         folder = out.path(target.figures)  # the whole folder is replaced at once

@@ -6,8 +6,9 @@ from cnnlab.outputs import model_argument, run_stage, staged_outputs
 
 def main():
     name = model_argument("evaluate")
-    options = params.for_stage("evaluate", name)["evaluate"]
-    result = evaluate_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED, options["batch_size"])
+    stage = params.for_stage("evaluate", name)
+    result = evaluate_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED,
+                            stage["evaluate"]["batch_size"], stage["data"]["max_device_bytes"])
     target = paths.outputs("evaluate", name)
     with staged_outputs() as out:
         out.json(target.metrics, result["metrics"])

@@ -105,7 +105,7 @@ def test_duplicate_keys_are_refused_as_dvc_refuses_them(tmp_path):
 def test_a_stage_sees_only_the_params_dvc_yaml_declares_for_it():
     from cnnlab.params import for_stage
     train = for_stage("train", "lenet", REPO / "params.yaml")
-    assert set(train) == {"train", "lenet"}
+    assert set(train) == {"data", "train", "lenet"} and set(train["data"]) == {"max_device_bytes"}
     assert train["train"]["epochs"] >= 1
     with pytest.raises(CnnlabError, match="stage 'train' reads params 'analyze' but does not declare it"):
         train["analyze"]

@@ -211,3 +211,33 @@ def test_starting_weights_come_from_the_model_section(tmp_path):
     ckpt, _, _, _ = train_model("cnn_small", params, prepared)
     for key, value in start.state_dict().items():  # a 1e-9 step leaves the loaded weights in place
         assert torch.allclose(ckpt["state_dict"][key], value, atol=1e-6)
+
+
+def test_splits_over_the_device_budget_stay_in_host_memory_with_the_same_results(tmp_path):
+    """data.max_device_bytes: a split that does not fit stays in host memory and its batches are
+    copied per step; the batches, and so the weights and every metric, are the same."""
+    from conftest import base_params
+    from cnnlab.evaluate import evaluate_model
+    params = base_params()
+    params["lenet"] = {"epochs": 2, "batch_size": 16, "progress": False, "eval_batch_size": 8,
+                       "augment": {**params["train"]["augment"], "crop_padding": 2, "noise": 0.05}}  # device generator too
+    prepared = prepared_dir(tmp_path, 1)
+    train_bytes = 45 * 28 * 28  # fits the training split exactly, leaving nothing for validation
+    runs = {}
+    for budget in (None, 0, train_bytes):
+        params["data"] = {**params["data"], "max_device_bytes": budget}
+        seed_everything(0)
+        ckpt, metrics, history, steps = train_model("lenet", params, prepared)
+        assert metrics["train_images"] == 45
+        torch.save(ckpt, tmp_path / f"lenet-{budget}.pt")
+        test = evaluate_model("lenet", tmp_path / f"lenet-{budget}.pt", prepared, 7, budget)["metrics"]
+        runs[budget] = (ckpt["state_dict"], metrics["data_on_device"], history, steps, test)
+    assert runs[None][1] == {"train": True, "val": True}
+    assert runs[0][1] == {"train": False, "val": False}
+    assert runs[train_bytes][1] == {"train": True, "val": False}
+    for budget in (0, train_bytes):
+        state, _, history, steps, test = runs[budget]
+        assert all(torch.equal(state[k], v) for k, v in runs[None][0].items())
+        assert [s["loss"] for s in steps] == [s["loss"] for s in runs[None][3]]
+        assert [h["val_loss"] for h in history] == [h["val_loss"] for h in runs[None][2]]
+        assert test["accuracy"] == runs[None][4]["accuracy"] and test["loss"] == runs[None][4]["loss"]

@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnlab import figures
 from cnnlab.augment import salt_and_pepper
-from cnnlab.batches import DeviceSplit
+from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
 from cnnlab.inference import autocast_dtype, embeddings, score
 from cnnlab.prepare import load_prepared, one_per_class
@@ -287,15 +287,17 @@ def noise_robustness(s: Subject, found: Findings) -> None:
 ANALYSES = (feature_maps, learned_filters, embedding_separation, gradcam_maps, confident_mistakes, noise_robustness)
 
 
-def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict) -> Findings:
+def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict,
+                  max_device_bytes: int | None = None) -> Findings:
     """Every figure, table and number the analyze stage writes for one model."""
     device = pick_device("auto")
     model, ckpt = load_checkpoint(checkpoint_path, device)
     data = load_prepared(prepared_dir, ("test",))
     labels = data["test"][1]
     samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
-    subject = Subject(name, model, ckpt["classes"], DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device),
-                      labels, options, autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device,
+                       budget=DeviceBudget(device, max_device_bytes))
+    subject = Subject(name, model, ckpt["classes"], test, labels, options, autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
                       [ckpt["classes"][int(labels[i])] for i in samples])
     found = Findings()
     for analysis in ANALYSES:

@@ -1,6 +1,10 @@
 """The data path: a split lives on the training device as uint8, batches are cut by index and
 normalised as whole tensors. No per-sample Python and no loader workers, so the cost of a batch is a
 gather and one fused multiply-subtract, far below the model's own forward and backward pass.
+
+A split larger than the device's budget (`data.max_device_bytes`, or half the free GPU memory) stays
+in host memory, pinned on CUDA, and each batch is gathered there and copied to the device: the same
+batches in the same order, so the same results, for one transfer per step.
 """
 
 from __future__ import annotations
@@ -10,14 +14,42 @@ from typing import Callable, Iterator
 import torch
 
 
+class DeviceBudget:
+    """The bytes of image data a stage may keep on `device`: `limit` (data.max_device_bytes), or by
+    default half the free memory of a CUDA device (the rest is for the model and its activations).
+    On a CPU the device is host memory, so there is no default limit."""
+
+    def __init__(self, device: torch.device, limit: int | None = None):
+        if limit is None and device.type == "cuda":
+            from cnnlab.runtime import available_bytes
+            limit = available_bytes(device) // 2
+        self.device, self.left = device, limit
+
+    def take(self, images: torch.Tensor) -> bool:
+        """Whether these images go on the device (and count against the budget)."""
+        size = images.numel() * images.element_size()
+        if self.left is not None and size > self.left:
+            return False
+        if self.left is not None:
+            self.left -= size
+        return True
+
+
 class DeviceSplit:
-    """One split (images uint8 [N, C, H, W], labels int64 [N]) held on `device`."""
+    """One split (images uint8 [N, C, H, W], labels int64 [N]) for training on `device`: the images
+    held there, or in host memory when `budget` has no room for them; the labels always there."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
+                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                 budget: DeviceBudget | None = None):
         if images.dtype != torch.uint8:
             raise TypeError("images must be uint8")
-        self.images = images.to(device)
+        self.device = device
+        self.on_device = budget is None or budget.take(images)
+        if self.on_device:
+            self.images = images.to(device)
+        else:  # pinned pages let the per-batch copy run asynchronously
+            self.images = images.cpu().pin_memory() if device.type == "cuda" else images.cpu()
         self.labels = labels.to(device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -31,7 +63,8 @@ class DeviceSplit:
 
     def normalise(self, images_uint8: torch.Tensor,
                   augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        images = images_uint8.float()
+        # a no-op for a split on the device; one host-to-device copy per batch otherwise
+        images = images_uint8.to(self.device, non_blocking=True).float()
         if augment is not None:  # works in pixel units, so padding and noise are plain 0/255
             images = augment(images)
         images = images.mul_(self.scale).sub_(self.shift)
@@ -55,12 +88,14 @@ class DeviceSplit:
             for start in range(0, len(self), batch_size):
                 yield self.normalise(self.images[start:start + batch_size]), self.labels[start:start + batch_size]
             return
-        index = index.to(self.images.device)
+        image_index, label_index = index.to(self.images.device), index.to(self.device)
         for start in range(0, len(index), batch_size):
-            part = index[start:start + batch_size]
-            # index_select, not images[part]: advanced indexing costs 5x more on CPU
-            yield (self.normalise(self.images.index_select(0, part), augment),
-                   self.labels.index_select(0, part))
+            part = image_index[start:start + batch_size]
+            gathered = self.images.index_select(0, part)  # not images[part]: advanced indexing is 5x slower on CPU
+            if gathered.device != self.device and self.device.type == "cuda":
+                gathered = gathered.pin_memory()
+            yield (self.normalise(gathered, augment),
+                   self.labels.index_select(0, label_index[start:start + batch_size]))
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from cnnlab.batches import DeviceSplit
+from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
 from cnnlab.inference import autocast_dtype, score
@@ -31,12 +31,13 @@ def scores(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tup
     return overall, rows
 
 
-def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_size: int) -> dict:
+def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_size: int,
+                   max_device_bytes: int | None = None) -> dict:
     """Everything the evaluate stage writes, as plain data plus one figure."""
     device = pick_device("auto")
     model, ckpt = load_checkpoint(checkpoint_path, device)
     data = load_prepared(prepared_dir, ("test",))
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device)
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, budget=DeviceBudget(device, max_device_bytes))
     result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device))
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]

@@ -78,6 +78,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "verify_checksums": checks.boolean,
         "path": checks.optional_text,
         "image_size": checks.integer(8, 1024),
+        "max_device_bytes": checks.integer(0, optional=True),
     },
     "prepare": {
         "train_size": checks.integer(1, optional=True),

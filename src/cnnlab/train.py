@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnlab import CnnlabError, augment as augment_mod
-from cnnlab.batches import DeviceSplit
+from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import (IMAGENET_MEAN, IMAGENET_STD, adapt_pretrained, checkpoint, count_parameters,
                                 fetch_pretrained, is_pretrained_name, load_weights, pretrained_weights)
 from cnnlab.inference import autocast_dtype, head, score
@@ -337,8 +337,9 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     model = model.to(device)
     layout = torch.channels_last if uses_channels_last(model, cfg["memory_format"]) else torch.contiguous_format
     model = model.to(memory_format=layout)
-    train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout)
-    val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout)
+    budget = DeviceBudget(device, params["data"]["max_device_bytes"])
+    train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout, budget)
+    val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout, budget)
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] else None
     result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
@@ -356,6 +357,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "dataset": info.get("dataset", ""),
         "precision": str(dtype or torch.float32).removeprefix("torch."),
         "memory_format": "channels_last" if layout is torch.channels_last else "contiguous",
+        "data_on_device": {"train": train.on_device, "val": val.on_device},
         "compiled": cfg["compile"],
         "env": environment(device, cfg["seed"]),
     }
