@@ -4,9 +4,26 @@ Data flows download -> prepare -> train -> evaluate -> report; each stage script
 thin wrapper over one module here.
 """
 
+import time
+from contextlib import contextmanager
+
 
 class CnnlabError(Exception):
     """A problem the user can fix (bad params, missing data). Stages print it as one line, exit 1."""
 
 
-__all__ = ["CnnlabError"]
+# Seconds a stage spends in each phase (load, fit, write), summed: benchmarks/pipeline.py reads
+# them, through CNNLAB_TIMINGS, to split each stage's wall time.
+PHASE_SECONDS: dict[str, float] = {}
+
+
+@contextmanager
+def timed(phase: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        PHASE_SECONDS[phase] = PHASE_SECONDS.get(phase, 0.0) + time.perf_counter() - start
+
+
+__all__ = ["CnnlabError", "PHASE_SECONDS", "timed"]

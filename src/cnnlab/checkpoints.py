@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, timed
 from cnnlab.models import MODELS, build
 
 
@@ -128,7 +128,8 @@ def adapt_pretrained(model: nn.Module, state: dict) -> list[str]:
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     path = Path(path)
-    ckpt = _read(path, "missing; run the train stage first (dvc repro)", "cnnlab checkpoint")
+    with timed("load"):
+        ckpt = _read(path, "missing; run the train stage first (dvc repro)", "cnnlab checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("model") not in MODELS:
         raise CnnlabError(f"{path}: not a cnnlab checkpoint (unknown model "
                           f"{ckpt.get('model') if isinstance(ckpt, dict) else None!r})")

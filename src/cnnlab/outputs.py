@@ -17,11 +17,12 @@ import os
 import shutil
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab import CnnlabError
+from cnnlab import PHASE_SECONDS, CnnlabError, timed
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
 
@@ -123,12 +124,13 @@ def sweep_temporaries(folders=("data", "models", "metrics", "plots", "report")) 
 @contextmanager
 def staged_outputs() -> Iterator[StagedOutputs]:
     outputs = StagedOutputs()
-    try:
-        yield outputs
-    except BaseException:
-        outputs.discard()
-        raise
-    outputs.commit()
+    with timed("write"):
+        try:
+            yield outputs
+        except BaseException:
+            outputs.discard()
+            raise
+        outputs.commit()
 
 
 def model_argument(stage: str) -> str:
@@ -137,6 +139,32 @@ def model_argument(stage: str) -> str:
     if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
         raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(MODELS)}")
     return sys.argv[1]
+
+
+def _seconds_since_start() -> float | None:
+    """How long ago the kernel started this process (interpreter start-up and imports included)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux: start-up is left out of the record
+
+
+def _record_timings(main_started: float) -> None:
+    """With CNNLAB_TIMINGS set (benchmarks/pipeline.py sets it), append one JSON line of where this
+    stage's time went: start-up (process start to main), load, fit, write, and the rest."""
+    target = os.environ.get("CNNLAB_TIMINGS")
+    if not target:
+        return
+    main_seconds = time.perf_counter() - main_started
+    since_start = _seconds_since_start()
+    record = {"stage": Path(sys.argv[0]).stem + (f"@{sys.argv[1]}" if len(sys.argv) > 1 else ""),
+              "startup": None if since_start is None else round(since_start - main_seconds, 3),
+              **{phase: round(seconds, 3) for phase, seconds in PHASE_SECONDS.items()},
+              "main": round(main_seconds, 3)}
+    with open(target, "a") as stream:
+        stream.write(json.dumps(record) + "\n")
 
 
 def _interrupted(signum, frame):
@@ -161,11 +189,13 @@ def run_stage(main, sweep: bool = True) -> None:
     """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
     user errors become one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupted)
+    started = time.perf_counter()
     try:
         _end_with_parent()
         if sweep:
             sweep_temporaries()
         main()
+        _record_timings(started)
     except CnnlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

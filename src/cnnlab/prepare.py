@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, timed
 
 
 def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str):
@@ -221,10 +221,11 @@ def load_prepared(folder, names=SPLITS) -> dict:
     """{'info': {...}, <split>: (images, labels)} for the asked splits."""
     folder = Path(folder)
     try:
-        result = {"info": json.loads((folder / "info.json").read_text())}
-        for name in names:
-            blob = torch.load(folder / f"{name}.pt", weights_only=True)
-            result[name] = (blob["images"], blob["labels"])
+        with timed("load"):
+            result = {"info": json.loads((folder / "info.json").read_text())}
+            for name in names:
+                blob = torch.load(folder / f"{name}.pt", weights_only=True)
+                result[name] = (blob["images"], blob["labels"])
     except FileNotFoundError as err:
         raise CnnlabError(f"{err.filename}: missing; run the prepare stage first (dvc repro prepare)") from None
     return result

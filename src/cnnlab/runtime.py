@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnlab import CnnlabError
@@ -71,15 +72,28 @@ def device_name(device: "torch.device") -> str:
     return platform.processor() or platform.machine()
 
 
+def _torchvision_version() -> str:
+    """torchvision.__version__ without importing torchvision (about 1 s of a small stage's start-up):
+    its version.py holds the full string, CUDA tag included, which the package metadata lacks."""
+    import importlib.metadata
+    import importlib.util
+    import re
+    spec = importlib.util.find_spec("torchvision")
+    try:
+        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+        return re.search(r"^__version__ = '([^']+)'", text, re.M).group(1)
+    except (AttributeError, OSError, TypeError):
+        return importlib.metadata.version("torchvision")
+
+
 def environment(device: "torch.device", seed: int) -> dict:
     import torch
-    import torchvision
     return {
         "device": device.type,
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _torchvision_version(),
         "python": platform.python_version(),
         "seed": seed,
     }

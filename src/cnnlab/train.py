@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import CnnlabError, augment as augment_mod
+from cnnlab import CnnlabError, augment as augment_mod, timed
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import (IMAGENET_MEAN, IMAGENET_STD, adapt_pretrained, checkpoint, count_parameters,
                                 fetch_pretrained, is_pretrained_name, load_weights, pretrained_weights)
@@ -342,7 +342,8 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout, budget)
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] else None
-    result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
+    with timed("fit"):
+        result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
     dtype = autocast_dtype(cfg["precision"], device)
     metrics = {
         "parameters": count_parameters(model),
