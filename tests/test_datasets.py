@@ -76,10 +76,22 @@ def test_datasets_without_content_checksum_need_the_original_archive(tmp_path):
 
 
 def test_no_network_and_no_mirror_gives_one_clear_line(tmp_path, monkeypatch):
-    import torchvision.datasets
-    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port: refused at once
+    real = idx.torchvision_attribute
+    monkeypatch.setattr(idx, "torchvision_attribute",  # the discard port: refused at once
+                        lambda m, c, a: ["http://127.0.0.1:9/"] if a == "mirrors" else real(m, c, a))
     with pytest.raises(CnnlabError, match="could not download train-images-idx3-ubyte.gz .*set CNNLAB_DATA_MIRROR"):
         datasets.fetch("mnist", tmp_path / "raw", None)
+
+
+@pytest.mark.parametrize("cls", ["MNIST", "FashionMNIST", "KMNIST"])
+def test_torchvision_lists_read_from_its_source_equal_the_imported_ones(cls):
+    """The file lists, mirrors and classes are read from torchvision's source (no import of
+    torchvision in download/prepare); they must be exactly what torchvision itself holds."""
+    import torchvision.datasets
+    from cnnlab.datasets.files import torchvision_attribute
+    for attribute in ("resources", "mirrors", "classes"):
+        assert list(torchvision_attribute("mnist", cls, attribute)) == \
+            list(getattr(getattr(torchvision.datasets, cls), attribute))
 
 
 def test_malformed_idx_is_a_clear_error(tmp_path):

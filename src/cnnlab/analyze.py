@@ -159,9 +159,10 @@ def image_likeness(images: torch.Tensor, activation: torch.Tensor) -> float | No
     return float(((maps * pixels).sum(1) / denominator).mean())
 
 
-def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+def tsne_2d(features: np.ndarray, perplexity: float, seed: int, iterations: int = 1000) -> np.ndarray:
     perplexity = min(perplexity, (len(features) - 1) / 3)  # scikit-learn requires perplexity < n
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                max_iter=iterations).fit_transform(features)
 
 
 def accuracy_under_noise(model: nn.Module, test: DeviceSplit, levels: list[float], batch_size: int,
@@ -234,7 +235,7 @@ def embedding_separation(s: Subject, found: Findings) -> None:
     sub_labels = s.labels[subsample].numpy()
     silhouette = float(silhouette_score(features, sub_labels))
     silhouette_pixels = float(silhouette_score(pixels.cpu().numpy(), sub_labels))
-    points = tsne_2d(features, s.options["tsne_perplexity"], seed)
+    points = tsne_2d(features, s.options["tsne_perplexity"], seed, s.options["tsne_iterations"])
     found.figures["tsne.png"] = figures.tsne_figure(
         points, sub_labels, s.classes, f"{s.name}: t-SNE of {features.shape[1]}-d penultimate features, "
         f"{len(sub_labels)} test images\nsilhouette {silhouette:.3f} (raw pixels {silhouette_pixels:.3f})")

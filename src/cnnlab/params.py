@@ -123,6 +123,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_channels": checks.integer(1, 64),
         "tsne_samples": checks.integer(10, 20000),
         "tsne_perplexity": checks.number(1, 100),
+        "tsne_iterations": checks.integer(250, 10000),
         "noise_levels": checks.number_list(0, 1),
         "top_confused": checks.integer(0, 100),
         "batch_size": checks.integer(1, MAX_BATCH),

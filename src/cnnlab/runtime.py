@@ -51,8 +51,14 @@ def seed_everything(seed: int) -> "torch.Generator":
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Same params and seed must give the same metrics; on CUDA this costs a little speed.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Same params and seed must give the same metrics; on CUDA this costs a little speed. The public
+    # torch.use_deterministic_algorithms also imports torch._inductor to set its flag (1.3 s of a
+    # stage's start-up); the flag only matters to torch.compile, which sets it itself (train.compile).
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is not None:
+        set_flag(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return torch.Generator().manual_seed(seed)

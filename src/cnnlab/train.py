@@ -216,6 +216,8 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     generators = (generator, augment_generator)
     # torch.compile pays a compile time up front for faster steps; the original module is kept for
     # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
+    if cfg["compile"]:  # inductor's own determinism flag (seed_everything sets only the eager one)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     step_model = torch.compile(model) if cfg["compile"] else model
     # every batch is full but the last: its size is known before the epoch, not recorded per step
     step_size = torch.full((steps,), cfg["batch_size"], device=device, dtype=torch.long)

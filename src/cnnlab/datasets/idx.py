@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cnnlab import CnnlabError
 from cnnlab.datasets import DatasetSpec
-from cnnlab.datasets.files import check_md5, download, downloaded, in_mirror, is_gzip, md5_of
+from cnnlab.datasets.files import (check_md5, download, downloaded, in_mirror, is_gzip, md5_of,
+                                   torchvision_attribute)
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -23,14 +24,13 @@ SPLIT_FILES = {
 }
 
 
-def _torchvision_class(spec: DatasetSpec):
-    import torchvision.datasets
-    return getattr(torchvision.datasets, spec.meta["torchvision"])
+def _torchvision(spec: DatasetSpec, attribute: str):
+    return torchvision_attribute("mnist", spec.meta["torchvision"], attribute)
 
 
 def files(spec: DatasetSpec) -> list[tuple[str, str]]:
     """(uncompressed file name, original archive MD5) of each raw file, from torchvision's list."""
-    return [(archive.removesuffix(".gz"), md5) for archive, md5 in _torchvision_class(spec).resources]
+    return [(archive.removesuffix(".gz"), md5) for archive, md5 in _torchvision(spec, "resources")]
 
 
 MAX_BYTES = 1 << 32  # no IDX dataset cnnlab reads comes near 4 GiB (MNIST's largest file: 47 MB)
@@ -95,7 +95,7 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
             if mirror is not None:
                 source = in_mirror(mirror, f"{spec.folder}/raw/{name}", f"{spec.folder}/raw/{name}.gz")
             else:
-                source = download([base + f"{name}.gz" for base in _torchvision_class(spec).mirrors],
+                source = download([base + f"{name}.gz" for base in _torchvision(spec, "mirrors")],
                                   f"{name}.gz", archive_md5, workdir, f"{spec.folder}/raw/{name}.gz")
             content = workdir / name
             try:
@@ -109,18 +109,32 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
     return raw
 
 
+def read_idx(path: Path, dims: int):
+    """An IDX file of unsigned bytes as a uint8 tensor of its declared shape (torchvision's
+    read_image_file does the same, but importing it imports all of torchvision: 1.7 s)."""
+    import struct
+    import numpy as np
+    import torch
+    data = path.read_bytes()
+    start = 4 + 4 * dims
+    if len(data) < start or data[:4] != bytes((0, 0, 0x08, dims)):
+        raise CnnlabError(f"{path}: not valid IDX data (magic {data[:4].hex()}, expected 000008{dims:02x})")
+    shape = struct.unpack(f">{dims}I", data[4:start])
+    if len(data) - start != int(np.prod(shape)):
+        raise CnnlabError(f"{path}: not valid IDX data ({len(data) - start:,} bytes after the header, "
+                          f"{int(np.prod(shape)):,} declared)")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=start).reshape(shape).copy())
+
+
 def decode(spec: DatasetSpec, root: Path, split: str, image_size: int = 0):
-    from torchvision.datasets.mnist import read_image_file, read_label_file
+    import torch
     raw = root / spec.folder / "raw"
     image_file, label_file = (downloaded(raw / name) for name in SPLIT_FILES[split])
-    try:
-        images, labels = read_image_file(str(image_file)), read_label_file(str(label_file))
-    except Exception as err:  # torchvision raises assertions/ValueErrors on malformed IDX
-        raise CnnlabError(f"{image_file.parent}: not valid IDX data ({type(err).__name__}: {err})") from None
+    images, labels = read_idx(image_file, 3), read_idx(label_file, 1).to(torch.long)
     if len(images) != len(labels):
         raise CnnlabError(f"{raw}: {split} has {len(images)} images but {len(labels)} labels")
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
 def classes(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
-    return spec.meta.get("classes") or tuple(_torchvision_class(spec).classes)
+    return spec.meta.get("classes") or tuple(_torchvision(spec, "classes"))
