@@ -78,24 +78,29 @@ class DeviceSplit:
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                index: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled when a generator is given (training); otherwise in order, over the images at
         `index` when given (evaluation, analysis). `augment` maps a float batch of 0..255 pixels to
-        another, before normalisation."""
+        another, before normalisation. `shard=(rank, ranks)`: every rank draws the same permutation
+        and the same global batches of `batch_size`, and takes its own contiguous part of each."""
         if generator is not None:
             index = torch.randperm(len(self), generator=generator)
-        if index is None:
+        rank, ranks = shard
+        if index is None and ranks == 1:
             for start in range(0, len(self), batch_size):
                 yield self.normalise(self.images[start:start + batch_size]), self.labels[start:start + batch_size]
             return
+        index = torch.arange(len(self)) if index is None else index
         image_index, label_index = index.to(self.images.device), index.to(self.device)
         for start in range(0, len(index), batch_size):
-            part = image_index[start:start + batch_size]
-            gathered = self.images.index_select(0, part)  # not images[part]: advanced indexing is 5x slower on CPU
+            # a rank may get an empty part of a short last batch: it still steps, as DDP needs
+            images, labels = (part[start:start + batch_size].tensor_split(ranks)[rank]
+                              for part in (image_index, label_index))
+            gathered = self.images.index_select(0, images)  # not images[part]: advanced indexing is 5x slower on CPU
             if gathered.device != self.device and self.device.type == "cuda":
                 gathered = gathered.pin_memory()
-            yield (self.normalise(gathered, augment),
-                   self.labels.index_select(0, label_index[start:start + batch_size]))
+            yield self.normalise(gathered, augment), self.labels.index_select(0, labels)
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

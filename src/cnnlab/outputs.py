@@ -25,6 +25,7 @@ from typing import Iterator
 from cnnlab import PHASE_SECONDS, CnnlabError, timed
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
+RANK_ERRORS = "CNNLAB_RANK_ERRORS"  # set by distributed.launch: a folder for the ranks' one-line errors
 
 
 def _temporary(target: Path) -> Path:
@@ -167,6 +168,23 @@ def _record_timings(main_started: float) -> None:
         stream.write(json.dumps(record) + "\n")
 
 
+def _record_rank_failure(err: BaseException) -> None:
+    """A failing torchrun rank leaves its error as one line for the process that launched it
+    (distributed.launch), which shows the cause instead of every rank's traceback."""
+    folder = os.environ.get(RANK_ERRORS)
+    if not folder or "LOCAL_RANK" not in os.environ:
+        return
+    user_error = isinstance(err, CnnlabError)
+    text = str(err).strip().splitlines()
+    message = str(err) if user_error else f"{type(err).__name__}: {text[0] if text else ''}"
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        Path(folder, f"rank-{rank}.json").write_text(json.dumps(
+            {"rank": rank, "time": time.time(), "user_error": user_error, "message": message}))
+    except OSError:
+        pass  # the launcher is on another node: torchrun's own report stands
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
 
@@ -197,8 +215,12 @@ def run_stage(main, sweep: bool = True) -> None:
         main()
         _record_timings(started)
     except CnnlabError as err:
+        _record_rank_failure(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
+        _record_rank_failure(err)
+        raise

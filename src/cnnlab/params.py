@@ -114,6 +114,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "freeze": checks.boolean,
         "progress": checks.boolean,
         "resume": checks.boolean,
+        "nproc": checks.integer(1, 1024),
+        "sync_batchnorm": checks.boolean,
     },
     "evaluate": {
         "batch_size": checks.integer(1, MAX_BATCH),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import CnnlabError, augment as augment_mod, timed
+from cnnlab import CnnlabError, augment as augment_mod, distributed, timed
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import (IMAGENET_MEAN, IMAGENET_STD, adapt_pretrained, checkpoint, count_parameters,
                                 fetch_pretrained, is_pretrained_name, load_weights, pretrained_weights)
@@ -110,14 +110,14 @@ class TrainResult:
     steps: list[dict] = field(default_factory=list)  # loss and accuracy of every training batch
 
 
-def training_augmentation(cfg: dict, device: torch.device):
-    """(the batch augmentation of `train.augment`, its generator seeded from `train.seed`), or
-    (None, None) when all is off."""
+def training_augmentation(cfg: dict, device: torch.device, rank: int = 0):
+    """(the batch augmentation of `train.augment`, its generator seeded from `train.seed` and the
+    rank), or (None, None) when all is off."""
     options = cfg["augment"]
     if not augment_mod.is_on(options):
         return None, None
     # its own generator on the training device: drawing on the CPU and copying would sync every batch
-    generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1 + rank)
     return (lambda images: augment_mod.augment(images, options, generator)), generator
 
 
@@ -197,12 +197,35 @@ def _check_finite(label: str, epoch: int, step_loss: torch.Tensor, val_loss: flo
                           f"lower the learning rate or check the data")
 
 
+def _sharded_validation(model: nn.Module, val: DeviceSplit, cfg: dict, dtype, shard: tuple[int, int]
+                        ) -> tuple[float, float]:
+    """(loss, accuracy) over the whole split, each rank scoring its contiguous part; the sums are
+    added up across ranks, so every rank gets the same two numbers."""
+    import torch.distributed as dist
+    from cnnlab.inference import run
+    index = torch.arange(len(val)).tensor_split(shard[1])[shard[0]]
+    sums = torch.zeros(2, dtype=torch.float64, device=val.device)
+    for logits, y in run(model, val, cfg["eval_batch_size"], dtype, index=index):
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+    dist.all_reduce(sums)
+    return (sums[0] / len(val)).item(), (sums[1] / len(val)).item()
+
+
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
-        label: str = "", on_epoch: Callable[[dict], None] | None = None, resume: Resume | None = None
-        ) -> TrainResult:
+        label: str = "", on_epoch: Callable[[dict], None] | None = None, resume: Resume | None = None,
+        shard: tuple[int, int] = (0, 1)) -> TrainResult:
     """Train with early stopping; `on_epoch` receives each epoch's record as soon as it is known
     (the train stage logs it live with dvclive); `resume` snapshots every epoch and continues from
-    the last snapshot of an interrupted fit."""
+    the last snapshot of an interrupted fit.
+
+    `shard=(rank, ranks)` with ranks > 1: data-parallel under torchrun. Every rank draws the same
+    permutation and global batches of `train.batch_size` and takes its part of each; DDP averages
+    the gradients, each rank's loss being its sum scaled by ranks / global batch size, so the
+    average is the global batch's mean loss exactly as one process computes it. Per-step losses,
+    validation and the early-stopping decision are reduced across ranks; rank 0 reports."""
+    rank, ranks = shard
+    lead = rank == 0
     optimizer = make_optimizer(model, cfg)
     steps = train.num_batches(cfg["batch_size"])
     scheduler, per_step = make_scheduler(optimizer, cfg, steps)
@@ -212,16 +235,21 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     dtype = autocast_dtype(cfg["precision"], device)
     # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (scaler disabled)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augment, augment_generator = training_augmentation(cfg, device)
+    augment, augment_generator = training_augmentation(cfg, device, rank)
     generators = (generator, augment_generator)
     # torch.compile pays a compile time up front for faster steps; the original module is kept for
     # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
+    step_model = model
+    if ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:  # inductor's own determinism flag (seed_everything sets only the eager one)
         torch.use_deterministic_algorithms(True, warn_only=True)
-    step_model = torch.compile(model) if cfg["compile"] else model
+        step_model = torch.compile(step_model)
     # every batch is full but the last: its size is known before the epoch, not recorded per step
     step_size = torch.full((steps,), cfg["batch_size"], device=device, dtype=torch.long)
     step_size[-1] = len(train) - (steps - 1) * cfg["batch_size"]
+    global_sizes = step_size.tolist()
     start = time.perf_counter()
     pass_seconds, first_epoch = 0.0, 1
     saved = resume.load() if resume is not None else None
@@ -231,19 +259,24 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
         if cfg["progress"]:
             print(f"{label}: resuming after epoch {saved['epoch']} (train.resume)", flush=True)
     for epoch in range(first_epoch, cfg["epochs"] + 1):
-        model.train()
+        step_model.train()
         epoch_start = time.perf_counter()
         # per-batch loss and accuracy stay on the device (no host sync inside the step)
         step_loss = torch.zeros(steps, device=device)
         step_correct = torch.zeros(steps, device=device, dtype=torch.long)
         step_lr = []
-        bar = tqdm(train.batches(cfg["batch_size"], generator, augment), total=steps, leave=False,
-                   mininterval=1.0, desc=f"{label} epoch {epoch}/{cfg['epochs']}", disable=not cfg["progress"])
+        bar = tqdm(train.batches(cfg["batch_size"], generator, augment, shard=shard), total=steps, leave=False,
+                   mininterval=1.0, desc=f"{label} epoch {epoch}/{cfg['epochs']}",
+                   disable=not (cfg["progress"] and lead))
         for i, (x, y) in enumerate(bar):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = step_model(x)
                 # autocast runs the loss itself in fp32
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
+                if ranks == 1:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
+                else:  # this rank's sum; DDP's mean over ranks then equals the global batch's mean
+                    rank_sum = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"], reduction="sum")
+                    loss = rank_sum * (ranks / global_sizes[i])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -251,8 +284,13 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
             step_lr.append(optimizer.param_groups[0]["lr"])
             if per_step:
                 scheduler.step()
-            step_loss[i] = loss.detach()
+            step_loss[i] = loss.detach() if ranks == 1 else rank_sum.detach()
             step_correct[i] = (logits.detach().argmax(1) == y).sum()
+        if ranks > 1:  # one reduction per epoch, not per step: the global per-step losses
+            import torch.distributed as dist
+            dist.all_reduce(step_loss)
+            dist.all_reduce(step_correct)
+            step_loss /= step_size
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_step:
             scheduler.step()
@@ -263,7 +301,8 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
             result.steps.append({"step": (epoch - 1) * steps + i + 1, "epoch": epoch, "loss": batch_loss,
                                  "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
         pass_seconds += time.perf_counter() - epoch_start
-        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype)
+        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype) if ranks == 1 else \
+            _sharded_validation(model, val, cfg, dtype, shard)
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
@@ -271,14 +310,18 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
         })
         _check_finite(label or "model", epoch, step_loss, val_loss)
         result.stopped_early = stopper.update(epoch, val_loss, model)
+        if ranks > 1:  # the ranks hold the same numbers; rank 0's decision is the one followed
+            decision = torch.tensor([int(result.stopped_early)], device=device)
+            dist.broadcast(decision, 0)
+            result.stopped_early = bool(decision.item())
         result.train_seconds += time.perf_counter() - start
         start = time.perf_counter()
         if resume is not None:  # before anything is reported: a reported epoch is a saved one
             resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
                                   pass_seconds))
-        if on_epoch is not None:
+        if on_epoch is not None and lead:
             on_epoch(result.history[-1])
-        if cfg["progress"]:
+        if cfg["progress"] and lead:
             print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
         if result.stopped_early:
@@ -315,6 +358,9 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     fit of the same params, data and code continues from its last snapshot."""
     cfg, options = train_config(params, name), model_kwargs(params, name)
     device = pick_device(cfg["device"])
+    ranks = distributed.world_size()
+    if ranks > 1:  # under torchrun: join the others (this rank's GPU on CUDA)
+        device = distributed.init(device.type)
     generator = seed_everything(cfg["seed"])
     data = load_prepared(prepared_dir, ("train", "val"))
     info = data["info"]
@@ -332,6 +378,11 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
             print(f"{name}: ImageNet weights loaded; trained from scratch: {', '.join(kept) or 'nothing'}", flush=True)
     elif cfg["weights"]:
         load_weights(model, cfg["weights"])
+    if cfg["sync_batchnorm"] and ranks > 1:
+        if device.type != "cuda":
+            raise CnnlabError("params.yaml: train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on "
+                              "GPUs only); set it to false for processes on a CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg["freeze"]:  # train the head only
         head_parameters = set(map(id, head(model).parameters()))
         for parameter in model.parameters():
@@ -342,10 +393,15 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     budget = DeviceBudget(device, params["data"]["max_device_bytes"])
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout, budget)
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout, budget)
+    # snapshots hold one process's random state: a data-parallel fit is not resumed
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
-        if resume_path is not None and cfg["resume"] else None
+        if resume_path is not None and cfg["resume"] and ranks == 1 else None
     with timed("fit"):
-        result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
+        result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume,
+                     shard=(distributed.rank(), ranks))
+    if ranks > 1:  # every rank has finished before rank 0 writes anything
+        import torch.distributed as dist
+        dist.barrier()
     dtype = autocast_dtype(cfg["precision"], device)
     metrics = {
         "parameters": count_parameters(model),
@@ -362,6 +418,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "memory_format": "channels_last" if layout is torch.channels_last else "contiguous",
         "data_on_device": {"train": train.on_device, "val": val.on_device},
         "compiled": cfg["compile"],
+        "processes": ranks,
         "env": environment(device, cfg["seed"]),
     }
     trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
