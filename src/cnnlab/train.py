@@ -63,10 +63,10 @@ def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int):
     return None, False
 
 
-def evaluate_split(model: nn.Module, data: DeviceSplit, batch_size: int,
-                   dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a split."""
-    scores = score(model, data, batch_size, dtype, keep=False)
+def evaluate_split(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a split; sharded across ranks as `score` does."""
+    scores = score(model, data, batch_size, dtype, keep=False, shard=shard)
     return scores.loss, scores.accuracy
 
 
@@ -197,21 +197,6 @@ def _check_finite(label: str, epoch: int, step_loss: torch.Tensor, val_loss: flo
                           f"lower the learning rate or check the data")
 
 
-def _sharded_validation(model: nn.Module, val: DeviceSplit, cfg: dict, dtype, shard: tuple[int, int]
-                        ) -> tuple[float, float]:
-    """(loss, accuracy) over the whole split, each rank scoring its contiguous part; the sums are
-    added up across ranks, so every rank gets the same two numbers."""
-    import torch.distributed as dist
-    from cnnlab.inference import run
-    index = torch.arange(len(val)).tensor_split(shard[1])[shard[0]]
-    sums = torch.zeros(2, dtype=torch.float64, device=val.device)
-    for logits, y in run(model, val, cfg["eval_batch_size"], dtype, index=index):
-        sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        sums[1] += (logits.argmax(1) == y).sum()
-    dist.all_reduce(sums)
-    return (sums[0] / len(val)).item(), (sums[1] / len(val)).item()
-
-
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
         label: str = "", on_epoch: Callable[[dict], None] | None = None, resume: Resume | None = None,
         shard: tuple[int, int] = (0, 1)) -> TrainResult:
@@ -301,8 +286,7 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
             result.steps.append({"step": (epoch - 1) * steps + i + 1, "epoch": epoch, "loss": batch_loss,
                                  "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
         pass_seconds += time.perf_counter() - epoch_start
-        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype) if ranks == 1 else \
-            _sharded_validation(model, val, cfg, dtype, shard)
+        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype, shard)
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
