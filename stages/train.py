@@ -10,7 +10,7 @@ import torch
 from dvclive import Live
 
 from cnnlab import distributed, params, paths
-from cnnlab.outputs import model_argument, run_stage, staged_outputs, write_atomically
+from cnnlab.outputs import model_argument, run_stage, staged_outputs
 from cnnlab.params import train_config
 from cnnlab.train import train_model
 
@@ -23,7 +23,7 @@ def main():
     nproc = train_config(stage_params, name)["nproc"]
     if distributed.needs_launch(nproc):
         distributed.launch(nproc, sys.argv, f"train {name}")
-        return  # rank 0 wrote the outputs
+        return  # rank 0 wrote the outputs; launch put them in place
     lead = distributed.rank() == 0
     target = paths.outputs("train", name)
     live_dir = paths.LIVE.format(model=name)
@@ -42,8 +42,8 @@ def main():
         out.json(target.metrics, metrics)
         out.csv(target.history, history)
         out.csv(target.steps, steps)
-    # the outputs are in place: the snapshots are spent (a small marker keeps the declared output)
-    write_atomically(target.resume, lambda path: torch.save({"finished": True}, path))
+        # with the outputs in place the snapshots are spent (a small marker keeps the declared output)
+        torch.save({"finished": True}, out.path(target.resume))
     processes = f", {metrics['processes']} processes" if metrics["processes"] > 1 else ""
     print(f"train: {name} best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, "
           f"val acc {metrics['val_accuracy']:.4f}, {metrics['train_seconds']:.1f} s, "

@@ -126,7 +126,8 @@ def test_two_nodes_meet_through_a_c10d_rendezvous(tmp_path):
 
 
 def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_nothing(tmp_path):
-    project = prepared_project(tmp_path, nproc=2, epochs=200)
+    # no early stop: the synthetic digits are learnt in a few epochs, and the kill must land mid-fit
+    project = prepared_project(tmp_path, nproc=2, epochs=200, patience=0)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     stage = subprocess.Popen([sys.executable, "stages/train.py", "lenet"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -151,6 +152,45 @@ def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_nothing(tmp_path):
     assert not [p for p in outputs(project) if not p.startswith("data/prepared")], outputs(project)
     time.sleep(1)
     assert not [pid for pid in seen if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+RANKS_THAT_WRITE = """
+import os, sys, time
+from pathlib import Path
+from cnnlab.outputs import launcher, run_stage, staged_outputs
+
+def main():
+    if os.environ["RANK"] == "0":
+        with staged_outputs() as out:
+            out.json("metrics/result.json", {"written": True})
+    else:  # rank 1 ends only after rank 0 has finished writing (handed over, or in place)
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(
+                p.exists() for p in (launcher()[1] / "staged.json", Path("metrics/result.json"))):
+            time.sleep(0.05)
+        sys.exit(int(sys.argv[1]))
+
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("rank_1_exit", [0, 3])
+def test_rank_0s_outputs_are_put_in_place_only_when_every_rank_ends_well(tmp_path, monkeypatch, rank_1_exit):
+    """Rank 0 has written everything when rank 1 fails: the stage still fails and leaves nothing.
+    (CI once caught the killed-rank test above finishing its fit first: the outputs stayed.)"""
+    from cnnlab import CnnlabError
+    from cnnlab.distributed import launch
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "ranks.py").write_text(RANKS_THAT_WRITE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "src"))
+    if rank_1_exit == 0:
+        launch(2, ["ranks.py", "0"], "ranks")
+        assert json.loads((tmp_path / "metrics" / "result.json").read_text()) == {"written": True}
+    else:
+        with pytest.raises(CnnlabError, match=r"^ranks: rank 1 failed: exit code 3 .*nothing was written\)$"):
+            launch(2, ["ranks.py", "3"], "ranks")
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == (["result.json"] if rank_1_exit == 0 else [])
 
 
 def test_a_user_error_on_the_ranks_is_one_line_naming_a_rank(tmp_path):

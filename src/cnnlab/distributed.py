@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from cnnlab import CnnlabError
-from cnnlab.outputs import RANK_ERRORS as ERRORS_ENV  # where each failing rank leaves its one line
+from cnnlab.outputs import LAUNCHER, StagedOutputs, remove_temporaries
 
 LAUNCH_ENV = "CNNLAB_TORCHRUN"     # torchrun's arguments for several nodes, e.g. the rendezvous
 
@@ -53,19 +53,25 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def launch(nproc: int, argv: list[str], label: str) -> None:
     """Run `argv` (this stage) under torchrun and wait. The ranks' output is shown as it comes;
     torchrun's own report is kept back and, when a rank fails, replaced by one CnnlabError naming
-    the rank and its error. Threads are split between the processes of a CPU node."""
-    with tempfile.TemporaryDirectory(prefix="cnnlab-ranks-") as errors:
-        env = {**os.environ, ERRORS_ENV: errors}
+    the rank and its error. Rank 0 hands its outputs over rather than renaming them: they are put
+    in place here once every rank has exited cleanly, and removed if any failed (even after rank 0
+    finished). Threads are split between the processes of a CPU node."""
+    with tempfile.TemporaryDirectory(prefix="cnnlab-launch-") as folder:
+        env = {**os.environ, LAUNCHER: f"{os.getpid()}:{folder}"}
         if "OMP_NUM_THREADS" not in env:  # torchrun would set 1 and warn about it
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-        with tempfile.TemporaryFile("w+") as report:
-            code = subprocess.run(torchrun_command(nproc, argv), env=env, stderr=report).returncode
-            if code == 0:
-                return
-            report.seek(0)
-            text = report.read()
+        try:
+            with tempfile.TemporaryFile("w+") as report:
+                code = subprocess.run(torchrun_command(nproc, argv), env=env, stderr=report).returncode
+                if code == 0:
+                    StagedOutputs.handed_over(Path(folder)).commit()
+                    return
+                report.seek(0)
+                text = report.read()
+        finally:
+            remove_temporaries(os.getpid())  # after a failure: what rank 0 staged or half-wrote
         tail = text.strip().splitlines()[-1:] or ["no output"]
-        raise CnnlabError(f"{label}: {_first_failure(Path(errors), text) or tail[0]} (torchrun exit code "
+        raise CnnlabError(f"{label}: {_first_failure(Path(folder), text) or tail[0]} (torchrun exit code "
                           f"{code}; nothing was written)")
 
 

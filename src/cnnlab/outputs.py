@@ -7,6 +7,10 @@ file and no mix of new and old outputs.
 A temporary keeps its target's own file name, inside a hidden folder beside the target: formats that
 record their file name (torch.save names the zip's root folder after it) then write the same bytes
 as a direct save would, so the same training gives a byte-identical checkpoint.
+
+Under torchrun, rank 0 cannot know that the other ranks will also end well, so it does not rename:
+it hands its staged outputs over to the stage process that launched torchrun, which renames them
+only once every rank has exited cleanly, and removes them otherwise.
 """
 
 from __future__ import annotations
@@ -25,24 +29,37 @@ from typing import Iterator
 from cnnlab import PHASE_SECONDS, CnnlabError, timed
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
-RANK_ERRORS = "CNNLAB_RANK_ERRORS"  # set by distributed.launch: a folder for the ranks' one-line errors
+LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
+HANDED_OVER = "staged.json"    # in that folder: rank 0's staged outputs, for the launcher to commit
 
 
-def _temporary(target: Path) -> Path:
-    """Where `target` is written first: its own name, in this process's hidden folder beside it."""
-    holder = target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
+def launcher() -> tuple[int, Path] | None:
+    """When this process is a rank that distributed.launch started: the launching stage's pid and
+    the folder it reads (the ranks' one-line errors, rank 0's staged outputs)."""
+    value = os.environ.get(LAUNCHER)
+    if not value or "LOCAL_RANK" not in os.environ:
+        return None
+    pid, folder = value.split(":", 1)
+    return int(pid), Path(folder)
+
+
+def _temporary(target: Path, owner: int) -> Path:
+    """Where `target` is written first: its own name, in its owner's hidden folder beside it. The
+    owner is a live process's pid, so a later stage's sweep leaves the folder alone."""
+    holder = target.parent / f"{TEMPORARY_PREFIX}{owner}"
     holder.mkdir(parents=True, exist_ok=True)
     return holder / target.name
 
 
 class StagedOutputs:
-    def __init__(self) -> None:
+    def __init__(self, owner: int | None = None) -> None:
+        self._owner = owner or os.getpid()
         self._pending: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
         """A temporary path for `target` (same filesystem, so the final rename is atomic)."""
         target = Path(target)
-        temporary = _temporary(target)
+        temporary = _temporary(target, self._owner)
         self._pending.append((temporary, target))
         return temporary
 
@@ -87,6 +104,25 @@ class StagedOutputs:
             shutil.rmtree(holder, ignore_errors=True)
         self._pending.clear()
 
+    def hand_over(self, folder: Path) -> None:
+        """Leave the staged outputs, synced, for the launching process to commit (or discard)."""
+        for temporary, _ in self._pending:
+            _fsync(temporary)
+        pairs = [[str(temporary.resolve()), str(target.resolve())] for temporary, target in self._pending]
+        manifest = folder / HANDED_OVER
+        manifest.with_suffix(".part").write_text(json.dumps(pairs))
+        os.replace(manifest.with_suffix(".part"), manifest)
+        self._pending.clear()
+
+    @classmethod
+    def handed_over(cls, folder: Path) -> "StagedOutputs":
+        """What a rank handed over in `folder` (nothing, if it never got that far)."""
+        staged = cls()
+        manifest = folder / HANDED_OVER
+        if manifest.exists():
+            staged._pending = [(Path(temporary), Path(target)) for temporary, target in json.loads(manifest.read_text())]
+        return staged
+
 
 def _fsync(path: Path) -> None:
     for file in ([path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]):
@@ -96,7 +132,7 @@ def _fsync(path: Path) -> None:
 
 def write_atomically(target: str | Path, write) -> None:
     """write(path) to a temporary beside `target`, synced, then renamed over it in one step."""
-    temporary = _temporary(Path(target))
+    temporary = _temporary(Path(target), os.getpid())
     try:
         write(temporary)
         _fsync(temporary)
@@ -105,7 +141,10 @@ def write_atomically(target: str | Path, write) -> None:
         shutil.rmtree(temporary.parent, ignore_errors=True)
 
 
-def sweep_temporaries(folders=("data", "models", "metrics", "plots", "report")) -> int:
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "report")
+
+
+def sweep_temporaries(folders=OUTPUT_FOLDERS) -> int:
     """Remove the temporaries of stage processes that were killed (their pid is gone); return how many."""
     swept = 0
     for folder in folders:
@@ -122,16 +161,27 @@ def sweep_temporaries(folders=("data", "models", "metrics", "plots", "report")) 
     return swept
 
 
+def remove_temporaries(owner: int, folders=OUTPUT_FOLDERS) -> None:
+    """Remove what was staged for `owner` (a launcher whose ranks failed): handed over or half-written."""
+    for folder in folders:
+        for holder in Path(folder).rglob(f"{TEMPORARY_PREFIX}{owner}") if Path(folder).is_dir() else []:
+            shutil.rmtree(holder, ignore_errors=True)
+
+
 @contextmanager
 def staged_outputs() -> Iterator[StagedOutputs]:
-    outputs = StagedOutputs()
+    lead = launcher()
+    outputs = StagedOutputs(lead[0] if lead else None)
     with timed("write"):
         try:
             yield outputs
         except BaseException:
             outputs.discard()
             raise
-        outputs.commit()
+        if lead:  # a rank under distributed.launch: it commits once every rank has ended well
+            outputs.hand_over(lead[1])
+        else:
+            outputs.commit()
 
 
 def model_argument(stage: str) -> str:
@@ -171,15 +221,15 @@ def _record_timings(main_started: float) -> None:
 def _record_rank_failure(err: BaseException) -> None:
     """A failing torchrun rank leaves its error as one line for the process that launched it
     (distributed.launch), which shows the cause instead of every rank's traceback."""
-    folder = os.environ.get(RANK_ERRORS)
-    if not folder or "LOCAL_RANK" not in os.environ:
+    lead = launcher()
+    if lead is None:
         return
     user_error = isinstance(err, CnnlabError)
     text = str(err).strip().splitlines()
     message = str(err) if user_error else f"{type(err).__name__}: {text[0] if text else ''}"
     rank = int(os.environ.get("RANK", 0))
     try:
-        Path(folder, f"rank-{rank}.json").write_text(json.dumps(
+        Path(lead[1], f"rank-{rank}.json").write_text(json.dumps(
             {"rank": rank, "time": time.time(), "user_error": user_error, "message": message}))
     except OSError:
         pass  # the launcher is on another node: torchrun's own report stands
