@@ -204,6 +204,18 @@ def test_a_user_error_on_the_ranks_is_one_line_naming_a_rank(tmp_path):
     assert not [p for p in outputs(project) if not p.startswith("data/prepared")]
 
 
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    """NCCL needs a GPU per process: on a 1-GPU node the second rank is refused before it binds,
+    which the launcher then shows as that rank's one line (a real 1-GPU machine: README)."""
+    from cnnlab import CnnlabError
+    from cnnlab.distributed import init
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail("bound a GPU it does not have"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(CnnlabError, match=r"^params.yaml: train.nproc .* its 1 GPU; set it to at most 1$"):
+        init("cuda")
+
+
 def test_the_rank_with_its_own_error_is_named_before_those_that_lost_a_peer(tmp_path):
     from cnnlab.distributed import _first_failure
     for rank, time_, own, message in ((0, 1.0, False, "RuntimeError: Connection closed by peer"),

@@ -106,7 +106,10 @@ def init(device_type: str):
     import torch
     import torch.distributed as dist
     if device_type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local >= gpus:  # NCCL takes one GPU per process: two ranks cannot share one
+            raise CnnlabError(f"params.yaml: train.nproc asks for more processes on this node than its "
+                              f"{gpus} GPU{'s' if gpus != 1 else ''}; set it to at most {gpus}")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:

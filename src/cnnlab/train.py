@@ -386,6 +386,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     if ranks > 1:  # every rank has finished before rank 0 writes anything
         import torch.distributed as dist
         dist.barrier()
+        distributed.close()
     dtype = autocast_dtype(cfg["precision"], device)
     metrics = {
         "parameters": count_parameters(model),
