@@ -316,7 +316,7 @@ def test_an_archive_that_unpacks_too_large_is_refused_before_unpacking(tmp_path,
 def test_a_stage_ends_when_its_parent_dies(prepared, tmp_path):
     """What `dvc repro` killed with SIGTERM leaves behind: the stage must stop, not finish unrecorded."""
     project = fresh(prepared, tmp_path)
-    edit_params(project, train={"epochs": 200})
+    edit_params(project, train={"epochs": 200, "patience": 0})  # never done before the kill
     parent = subprocess.Popen([sys.executable, "-c", (
         "import os, subprocess, sys, time; "
         f"child = subprocess.Popen([sys.executable, 'stages/train.py', 'mlp'], cwd={str(project)!r}, "
