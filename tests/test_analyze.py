@@ -159,3 +159,34 @@ def test_guided_backprop_leaves_the_model_as_it_was(name):
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules() if m is not model)
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model(x), before)
+
+
+def drawn_tiles(fig, kernel: int) -> np.ndarray:
+    """The kernels a filters figure draws, as [rows, columns, k, k] (NaN where no tile is)."""
+    grid = np.ma.filled(fig.axes[0].images[0].get_array().astype(np.float32), np.nan)
+    rows, columns = (grid.shape[0] + 1) // (kernel + 1), (grid.shape[1] + 1) // (kernel + 1)
+    return np.stack([np.stack([grid[r * (kernel + 1):r * (kernel + 1) + kernel, c * (kernel + 1):c * (kernel + 1) + kernel]
+                               for c in range(columns)]) for r in range(rows)])
+
+
+def test_a_deeper_layers_filters_are_wrapped_eight_to_a_row_each_on_its_strongest_input():
+    import matplotlib.pyplot as plt
+    from cnnlab.figures import filters_figure
+    weight = torch.randn(20, 6, 3, 3) * 0.1
+    strongest = torch.arange(20) % 6
+    weight[torch.arange(20), strongest] *= 30  # the kernel each filter weights most
+    tiles = drawn_tiles(filters_figure("conv 3", weight, first_layer=False, max_channels=16), 3)
+    plt.close("all")
+    assert tiles.shape == (3, 8, 3, 3)  # 20 filters: rows of 8, 8, 4
+    flat = tiles.reshape(24, 3, 3)
+    assert np.allclose(flat[:20], weight[torch.arange(20), strongest].numpy())
+    assert np.isnan(flat[20:]).all()  # the unused places stay blank
+
+
+def test_a_first_layer_on_colour_images_keeps_a_row_per_input_channel():
+    import matplotlib.pyplot as plt
+    from cnnlab.figures import filters_figure
+    weight = torch.randn(16, 3, 5, 5)
+    tiles = drawn_tiles(filters_figure("conv 0", weight, first_layer=True, max_channels=16), 5)
+    plt.close("all")
+    assert tiles.shape == (3, 16, 5, 5) and np.allclose(tiles, weight.transpose(0, 1).numpy())

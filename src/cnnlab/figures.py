@@ -85,25 +85,39 @@ def feature_map_figure(title: str, activation: torch.Tensor, row_labels: list[st
     return fig
 
 
+FILTERS_PER_ROW = 8
+
+
 def filters_figure(title: str, weight: torch.Tensor, first_layer: bool, max_channels: int):
     """First conv layer: every filter for every input channel. Deeper layers: for each output
     filter, its kernel on the input channel it weights most (largest L2 norm): a real learned
-    kernel rather than an average that cancels out."""
+    kernel rather than an average that cancels out. One kernel per filter is wrapped 8 to a row:
+    a single row of 32 kernels is too small to read in `dvc plots show`'s page."""
     weight = weight.detach().float().cpu()
     outs = min(weight.shape[0], max_channels * 2)
-    if first_layer:
-        kernels, labels = weight[:outs], [f"in {i}" for i in range(weight.shape[1])]
-    else:
-        strongest = weight[:outs].flatten(2).norm(dim=2).argmax(1)
-        kernels, labels = weight[list(range(outs)), strongest].unsqueeze(1), ["strongest input"]
-    rows = kernels.shape[1]
-    fig, ax = plt.subplots(figsize=(0.6 * outs + 0.8, 0.7 * rows + 0.6))
-    limit = float(kernels.abs().max())
-    grid = mosaic(kernels.transpose(0, 1).numpy(), scale_each=False)  # one colour scale: signs compare
-    _mosaic_axes(ax, grid, kernels.shape[2:], labels, [str(c) for c in range(outs)], cmap="RdBu_r",
-                 vmin=-limit, vmax=limit)
-    ax.set_xlabel("filter", fontsize=8)
-    fig.suptitle(f"{title}: {weight.shape[0]} filters {weight.shape[2]}x{weight.shape[3]} "
+    kernels = (weight[:outs] if first_layer else
+               weight[list(range(outs)), weight[:outs].flatten(2).norm(dim=2).argmax(1)].unsqueeze(1)).numpy()
+    limit = float(np.abs(kernels).max())
+    h, w = kernels.shape[2:]
+    if kernels.shape[1] == 1 and outs > FILTERS_PER_ROW:  # wrapped: filter = row label + column label
+        rows = -(-outs // FILTERS_PER_ROW)
+        tiles = np.full((rows * FILTERS_PER_ROW, h, w), np.nan, dtype=np.float32)
+        tiles[:outs] = kernels[:, 0]
+        tiles = tiles.reshape(rows, FILTERS_PER_ROW, h, w)
+        row_labels = [str(r * FILTERS_PER_ROW) for r in range(rows)]
+        column_labels, xlabel = [f"+{c}" for c in range(FILTERS_PER_ROW)], "filter (row + column)"
+        if not first_layer:
+            xlabel += ", each on its strongest input channel"
+    else:  # one row per input channel, one column per filter
+        tiles = kernels.transpose(1, 0, 2, 3)
+        row_labels = [f"in {i}" for i in range(tiles.shape[0])] if first_layer else ["strongest input"]
+        column_labels, xlabel = [str(c) for c in range(outs)], "filter"
+    rows, columns = tiles.shape[:2]
+    fig, ax = plt.subplots(figsize=(0.6 * columns + 0.9, 0.6 * rows + 0.7))
+    grid = mosaic(tiles, scale_each=False)  # one colour scale: signs compare
+    _mosaic_axes(ax, grid, (h, w), row_labels, column_labels, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_xlabel(xlabel, fontsize=8)
+    fig.suptitle(f"{title}: {weight.shape[0]} filters {weight.shape[2]}x{weight.shape[3]}\n"
                  f"over {weight.shape[1]} input channels (red +, blue -)", fontsize=10)
     fig.tight_layout()
     return fig
