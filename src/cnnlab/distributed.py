@@ -121,7 +121,10 @@ def init(device_type: str):
     return device
 
 
-def close() -> None:
+def finish() -> None:
+    """Wait until every rank has finished training, then leave the process group (NCCL warns at
+    exit about a group left open)."""
     import torch.distributed as dist
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

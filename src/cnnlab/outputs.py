@@ -105,13 +105,10 @@ class StagedOutputs:
         self._pending.clear()
 
     def hand_over(self, folder: Path) -> None:
-        """Leave the staged outputs, synced, for the launching process to commit (or discard)."""
-        for temporary, _ in self._pending:
-            _fsync(temporary)
+        """Leave the staged outputs for the launching process to commit (which syncs them first) or
+        discard. It reads the list only once every rank has exited cleanly, so never half-written."""
         pairs = [[str(temporary.resolve()), str(target.resolve())] for temporary, target in self._pending]
-        manifest = folder / HANDED_OVER
-        manifest.with_suffix(".part").write_text(json.dumps(pairs))
-        os.replace(manifest.with_suffix(".part"), manifest)
+        (folder / HANDED_OVER).write_text(json.dumps(pairs))
         self._pending.clear()
 
     @classmethod
@@ -144,28 +141,32 @@ def write_atomically(target: str | Path, write) -> None:
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "report")
 
 
+def _holders(folders, owner: str = "*") -> list[Path]:
+    """The temporaries' folders of `owner` (a pid; "*": every owner) under the output folders."""
+    return [holder for folder in map(Path, folders) if folder.is_dir()
+            for holder in folder.rglob(f"{TEMPORARY_PREFIX}{owner}")]
+
+
 def sweep_temporaries(folders=OUTPUT_FOLDERS) -> int:
     """Remove the temporaries of stage processes that were killed (their pid is gone); return how many."""
     swept = 0
-    for folder in folders:
-        for holder in Path(folder).rglob(f"{TEMPORARY_PREFIX}*") if Path(folder).is_dir() else []:
-            try:
-                os.kill(int(holder.name.removeprefix(TEMPORARY_PREFIX)), 0)
-                continue  # that process still runs (a parallel stage)
-            except (ValueError, ProcessLookupError):
-                pass
-            except PermissionError:
-                continue
-            shutil.rmtree(holder, ignore_errors=True)
-            swept += 1
+    for holder in _holders(folders):
+        try:
+            os.kill(int(holder.name.removeprefix(TEMPORARY_PREFIX)), 0)
+            continue  # that process still runs (a parallel stage)
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(holder, ignore_errors=True)
+        swept += 1
     return swept
 
 
 def remove_temporaries(owner: int, folders=OUTPUT_FOLDERS) -> None:
     """Remove what was staged for `owner` (a launcher whose ranks failed): handed over or half-written."""
-    for folder in folders:
-        for holder in Path(folder).rglob(f"{TEMPORARY_PREFIX}{owner}") if Path(folder).is_dir() else []:
-            shutil.rmtree(holder, ignore_errors=True)
+    for holder in _holders(folders, str(owner)):
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 @contextmanager

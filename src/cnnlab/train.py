@@ -384,9 +384,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume,
                      shard=(distributed.rank(), ranks))
     if ranks > 1:  # every rank has finished before rank 0 writes anything
-        import torch.distributed as dist
-        dist.barrier()
-        distributed.close()
+        distributed.finish()
     dtype = autocast_dtype(cfg["precision"], device)
     metrics = {
         "parameters": count_parameters(model),
