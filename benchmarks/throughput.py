@@ -43,7 +43,8 @@ import yaml
 from cnnlab import CnnlabError, params as params_mod
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.models import build, textbook_order
+from cnnlab.layers import textbook_order
+from cnnlab.models import build
 from cnnlab.prepare import load_prepared, prepare, save_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
 from cnnlab.train import train_model, uses_channels_last

@@ -1,16 +1,15 @@
 """Fetch the raw dataset files into data/raw (from $CNNLAB_DATA_MIRROR when set), verified."""
 import json
 
-from cnnlab import params, paths
+from cnnlab import params, paths, stage
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.outputs import run_stage, staged_outputs
 
 
 def main():
     data = params.for_stage("download")["data"]
     mirror = mirror_from_env()
-    with staged_outputs() as out:
+    with stage.outputs() as out:
         raw = datasets.fetch(data["dataset"], out.path(paths.RAW), mirror, data["verify_checksums"], data["path"])
         files = sum(1 for p in raw.rglob("*") if p.is_file())
         found = json.loads((raw / "manifest.json").read_text()) if data["dataset"] == "folder" else None
@@ -24,4 +23,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main)

@@ -1,7 +1,6 @@
 """Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
-from cnnlab import params, paths
+from cnnlab import params, paths, stage
 from cnnlab.datasets import formats as datasets
-from cnnlab.outputs import run_stage, staged_outputs
 from cnnlab.prepare import prepare, save_prepared
 
 
@@ -14,13 +13,12 @@ def main():
     splits = prepare(decoded.get("train", decoded.get("all")), decoded.get("test"),
                      datasets.class_names(name, paths.RAW), loaded["prepare"], decoded.get("val"))
     splits["info"]["dataset"] = name
-    with staged_outputs() as out:
+    with stage.outputs() as out:
         save_prepared(splits, out.path(paths.PREPARED))
     dropped = splits["info"]["duplicates_dropped"]
     print(f"prepare: {name} " + ", ".join(f"{k} {v}" for k, v in splits["info"]["sizes"].items())
           + f"; exact duplicates dropped from train: {dropped['repeated_in_train']} repeated, "
             f"{dropped['train_also_in_test']} also in test")
 
-
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main)

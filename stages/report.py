@@ -2,9 +2,9 @@
 `dvc exp show`, one CSV per chart for `dvc plots`, the figures compared across runs."""
 import shutil
 
-from cnnlab import params, paths
+from cnnlab import params, paths, stage
 from cnnlab.figures import curves_figure, noise_figure
-from cnnlab.outputs import run_stage, staged_outputs
+from cnnlab.outputs import write_csv
 from cnnlab.report import collect, collect_analysis, comparison, markdown, read_data_summary
 
 
@@ -15,7 +15,7 @@ def main():
     analysis = collect_analysis(models)
     compared = comparison(summary, histories, analysis)
     target, dpi = paths.outputs("report"), loaded["report"]["dpi"]
-    with staged_outputs() as out:
+    with stage.outputs() as out:
         out.csv(target.summary, summary.to_dict("records"))
         out.json(target.scores, compared["scores"])
         model_scores = out.path(target.model_scores)  # a folder, replaced whole: only these models
@@ -24,8 +24,11 @@ def main():
             out.json(model_scores / f"{name}.json", numbers, staged=False)
         out.csv(target.epochs, compared["epochs"])
         out.csv(target.steps, compared["steps"])
-        out.csv(target.noise_curves, compared["noise"])
         out.csv(target.confusion, compared["confusion"])
+        tables = out.path(target.tables)  # one file per plotted analysis table, every model in it
+        tables.mkdir()
+        for name, rows in compared["tables"].items():
+            write_csv(tables / f"{name}.csv", rows)
         figures = out.path(target.figures)
         figures.mkdir()
         for name, source in compared["figures"].items():
@@ -38,4 +41,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main)

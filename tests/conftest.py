@@ -125,3 +125,12 @@ def png_bytes(width: int, height: int, value: int = 128) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (width, height), value).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def train_outputs(result, folder: Path) -> tuple[dict, dict, list[dict], list[dict]]:
+    """(checkpoint as saved and reloaded, metrics, history, per-step history) of a train_model Result."""
+    import torch
+    path = Path(folder) / "trained-checkpoint.pt"
+    result.files["checkpoint"](path)
+    return (torch.load(path, weights_only=True), result.json["metrics"], result.tables["history"],
+            result.tables["steps"])

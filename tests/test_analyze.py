@@ -8,7 +8,7 @@ from cnnlab.augment import salt_and_pepper
 from cnnlab.batches import DeviceSplit
 from cnnlab.inference import embeddings
 from cnnlab.prepare import one_per_class
-from cnnlab.models import MODELS, build
+from cnnlab.models import build, names, spec
 
 
 def test_hooks_capture_one_output_per_layer_with_the_right_shape_and_leave_the_model_unchanged():
@@ -25,12 +25,12 @@ def test_hooks_capture_one_output_per_layer_with_the_right_shape_and_leave_the_m
     assert torch.equal(model(x), before)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", names())
 def test_every_model_yields_penultimate_features_and_activations(name):
     model = build(name, 1, 10, 28)
     images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
     data = DeviceSplit(images, torch.randint(0, 10, (20,)), [0.5], [0.25], torch.device("cpu"))
-    features = embeddings(model, data, torch.arange(20), 8)
+    features = embeddings(model, model.get_submodule(spec(name).head), data, torch.arange(20), 8)
     assert features.shape[0] == 20 and features.dim() == 2
     records = capture_activations(model, data.normalise(images[:2]))
     # every leaf module reports each of its calls (ResNet's blocks call their ReLU twice)
@@ -65,7 +65,7 @@ class RegionOnly(nn.Module):
 def test_grad_cam_highlights_the_only_region_the_prediction_depends_on():
     model = RegionOnly()
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    cam, target, layer = grad_cam(model, x)
+    cam, target, layer = grad_cam(model, "conv", x)
     assert layer == "conv (RegionConv)"
     assert cam.shape == (4, 28, 28) and target.tolist() == [0, 0, 0, 0]
     window = torch.zeros(28, 28, dtype=torch.bool)
@@ -133,14 +133,14 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     result = fit(model, train, val, {**CFG, "epochs": 4}, generator)
     assert result.val_accuracy > 0.9
     images = val.images[:40]
-    cam, predicted, layer = grad_cam(model, val.normalise(images))
+    cam, predicted, layer = grad_cam(model, spec("lenet").attribution_layer, val.normalise(images))
     assert layer == "5 (ReLU)"  # the last block's output, after pooling and the ReLU
     block = (images[:, 0] >= 180).float()  # the bright block: the only pixels that carry the class
     area = block.mean().item()
     mass = mass_on(cam, block).mean().item()
     assert mass >= 2 * area, (mass, area)
     from cnnlab.analyze import guided_grad_cam
-    _, guided, _, _ = guided_grad_cam(model, val.normalise(images))
+    _, guided, _, _ = guided_grad_cam(model, "5", val.normalise(images))
     assert mass_on(guided, block).mean().item() >= 2 * area
 
 
@@ -153,7 +153,7 @@ def test_guided_backprop_leaves_the_model_as_it_was(name):
     flags = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     before = model(x)
-    cam, guided, target, layer = guided_grad_cam(model, x)
+    cam, guided, target, layer = guided_grad_cam(model, spec(name).attribution_layer, x)
     assert cam.shape == guided.shape == (2, 32, 32) and guided.min() >= 0 and guided.max() <= 1
     assert [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)] == flags
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules() if m is not model)

@@ -83,17 +83,6 @@ def test_no_network_and_no_mirror_gives_one_clear_line(tmp_path, monkeypatch):
         datasets.fetch("mnist", tmp_path / "raw", None)
 
 
-@pytest.mark.parametrize("cls", ["MNIST", "FashionMNIST", "KMNIST"])
-def test_torchvision_lists_read_from_its_source_equal_the_imported_ones(cls):
-    """The file lists, mirrors and classes are read from torchvision's source (no import of
-    torchvision in download/prepare); they must be exactly what torchvision itself holds."""
-    import torchvision.datasets
-    from cnnlab.datasets.files import torchvision_attribute
-    for attribute in ("resources", "mirrors", "classes"):
-        assert list(torchvision_attribute("mnist", cls, attribute)) == \
-            list(getattr(getattr(torchvision.datasets, cls), attribute))
-
-
 def test_malformed_idx_is_a_clear_error(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_idx(raw / "train-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8))

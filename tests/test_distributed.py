@@ -54,7 +54,7 @@ def train_metrics(project: Path, model: str) -> dict:
 
 def accuracy_on_test(project: Path, model: str) -> float:
     from cnnlab.evaluate import evaluate_model
-    return evaluate_model(model, project / "models" / f"{model}.pt", project / "data" / "prepared", 256)["metrics"]["accuracy"]
+    return evaluate_model(model, project / "models" / f"{model}.pt", project / "data" / "prepared", 256).json["metrics"]["accuracy"]
 
 
 @pytest.mark.parametrize("model", ["lenet", "mlp"])
@@ -157,7 +157,7 @@ def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_nothing(tmp_path):
 RANKS_THAT_WRITE = """
 import os, sys, time
 from pathlib import Path
-from cnnlab.outputs import launcher, run_stage, staged_outputs
+from cnnlab.stage import launcher, outputs as staged_outputs, run as run_stage
 
 def main():
     if os.environ["RANK"] == "0":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab import paths, report
+from cnnlab import models, paths, report
 from conftest import REPO
 
 SRC = REPO / "src"
@@ -82,13 +82,29 @@ def out_paths(stage: dict, model: str) -> set[str]:
     return {(next(iter(o)) if isinstance(o, dict) else o).replace("${item.model}", model) for o in stage["outs"]}
 
 
+def stage_code(stage: dict, model: str) -> set[str]:
+    """What a stage runs: its script's import closure, and for a model's stage the closure of that
+    model's own module (imported by name when the model is built: cnnlab.models.spec)."""
+    code = code_deps(script_of(stage))
+    if model:
+        code |= code_deps(SRC / "cnnlab" / "models" / f"{model}.py")
+    return code
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_deps_are_exactly_the_code_and_data_the_stage_reads(name):
     stage = STAGES[name]
     model = "lenet" if "matrix" in stage else ""
     code = {d for d in declared_deps(stage, model) if d.endswith(".py")}
-    assert code == code_deps(script_of(stage)), (
-        f"{name}: missing {sorted(code_deps(script_of(stage)) - code)}, extra {sorted(code - code_deps(script_of(stage)))}")
+    if model:  # one list for every model: each model's closure is in it, and nothing else
+        closures = {m: stage_code(stage, m) for m in models.names()}
+        for m, closure in closures.items():
+            assert closure <= declared_deps(stage, m), f"{name}@{m}: missing {sorted(closure - declared_deps(stage, m))}"
+        every = set().union(*({d.replace(f"models/{m}.py", "models/lenet.py") for d in c} for m, c in closures.items()))
+        assert code <= every, f"{name}: extra {sorted(code - every)}"
+    else:
+        assert code == stage_code(stage, model), (
+            f"{name}: missing {sorted(stage_code(stage, model) - code)}, extra {sorted(code - stage_code(stage, model))}")
     data = declared_deps(stage, model) - code
     if name == "report":  # every model's results: the folders that hold them (models come from params)
         expected = {str(path if stage_name == "samples" else path.parent)
@@ -109,3 +125,11 @@ def test_outs_are_exactly_what_the_paths_module_says(name):
 def test_every_stage_script_is_in_dvc_yaml():
     scripts = {script_of(stage).name for stage in STAGES.values()}
     assert scripts == {p.name for p in (REPO / "stages").glob("*.py")}
+
+
+def test_no_stage_imports_a_model_module_except_by_name():
+    """Only the model's own stages depend on its file: no cnnlab module imports a model's module
+    (cnnlab.models.spec imports it by name), so editing lenet.py reruns only lenet's stages."""
+    for stage in STAGES.values():
+        for dep in code_deps(script_of(stage)):
+            assert not (dep.startswith("src/cnnlab/models/") and not dep.endswith("__init__.py")), dep

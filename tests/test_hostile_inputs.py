@@ -148,10 +148,12 @@ def test_a_killed_training_resumes_and_ends_with_the_same_weights(slower, tmp_pa
     reference = train_once(straight)
     project = fresh(slower, tmp_path / "b")
     assert kill_after_epoch(project, 2, signal.SIGKILL).returncode == -signal.SIGKILL
-    assert not (project / "models" / "mlp.pt").exists() and (project / "models" / "mlp.resume.pt").is_file()
+    snapshot = project / ".cnnlab" / "resume" / "mlp.pt"
+    assert not (project / "models" / "mlp.pt").exists() and snapshot.is_file()
     result = run(project, "stages/train.py", "mlp")
     assert result.returncode == 0 and "mlp: resuming after epoch 2" in result.stdout, result.stdout
     assert (project / "models" / "mlp.pt").read_bytes() == reference
+    assert not snapshot.exists()  # spent once the outputs are in place: never an output, never stale
     assert len((project / "plots" / "train" / "mlp.csv").read_text().splitlines()) == 1 + 4
 
 
@@ -325,7 +327,7 @@ def test_a_stage_ends_when_its_parent_dies(prepared, tmp_path):
         stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     deadline = time.monotonic() + 60
-    while not (project / "models" / "mlp.resume.pt").exists() and time.monotonic() < deadline:
+    while not (project / ".cnnlab" / "resume" / "mlp.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # training is under way
     parent.kill()
     parent.wait()

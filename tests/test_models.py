@@ -4,10 +4,10 @@ import torchvision
 
 from cnnlab import CnnlabError
 from cnnlab.checkpoints import checkpoint, count_parameters, load_checkpoint
-from cnnlab.models import MODELS, build
+from cnnlab.models import build, names
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", names())
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
 def test_every_model_maps_images_to_class_logits(name, channels, size):
     model = build(name, channels, 10, size)
@@ -54,7 +54,7 @@ def test_pooling_before_the_relu_computes_the_textbook_network(name):
     # The conv blocks run conv -> pool -> ReLU for speed; relu and max commute, so the network must
     # equal the textbook conv -> ReLU -> pool one with the same weights, forward and backward.
     from torch import nn
-    from cnnlab.models import textbook_order
+    from cnnlab.layers import textbook_order
     model = build(name, 1, 10, 28)
     reference = textbook_order(model).eval()
     kinds = [type(layer) for layer in reference]

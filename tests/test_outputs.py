@@ -1,6 +1,6 @@
 import pytest
 
-from cnnlab.outputs import staged_outputs
+from cnnlab.stage import outputs as staged_outputs
 
 
 def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):

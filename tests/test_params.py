@@ -4,7 +4,7 @@ import re
 import pytest
 
 from cnnlab import CnnlabError
-from cnnlab.params import load, model_kwargs, train_config, validate
+from cnnlab.params import load, model_kwargs, read_yaml, train_config, validate
 from conftest import REPO
 
 
@@ -48,7 +48,7 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
      "analyze.noise_levels must be a non-empty list of numbers from 0 to 1; got [0, 1.5]"),
     (lambda r: r["prepare"].update(class_fraction={3: 0}),
      "prepare.class_fraction must be a mapping of class index to a fraction in (0, 1]"),
-    (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from mlp, cnn, cnn_small, lenet, alexnet, resnet18"),
+    (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from alexnet, cnn, cnn_small, lenet, mlp, resnet18"),
     (lambda r: r.update(trian={}), "unknown key 'trian'"),
     (lambda r: r["train"].update(epoch=3), "unknown key 'train.epoch' (allowed: epochs, batch_size"),
     (lambda r: r["lenet"].update(dropout=0.1) if isinstance(r["lenet"], dict) else r.update(lenet={"dropout": 0.1}),
@@ -98,7 +98,7 @@ def test_non_finite_and_unbounded_values_are_refused(raw, edit, expected):
 def test_duplicate_keys_are_refused_as_dvc_refuses_them(tmp_path):
     text = (REPO / "params.yaml").read_text().replace("report:\n", "report:\n  dpi: 50\n", 1)
     (tmp_path / "params.yaml").write_text(text)
-    with pytest.raises(CnnlabError, match=r"not valid YAML at line \d+ \(duplicate key 'dpi'\)"):
+    with pytest.raises(CnnlabError, match=r"not valid YAML at line \d+ \(duplicate key 'dpi': keep one\)"):
         load(tmp_path / "params.yaml")
 
 
@@ -115,10 +115,31 @@ def test_a_stage_sees_only_the_params_dvc_yaml_declares_for_it():
         samples["analyze"]["tsne_samples"]
 
 
-def test_params_load_without_torch():
-    """Every stage validates params.yaml; that must not cost torch's import (seconds)."""
+def test_params_load_without_torch_or_any_model_module():
+    """Every stage validates params.yaml; a stage that builds no model must not import torch
+    (seconds) nor any model's module (its dvc.yaml deps would then name every model's file)."""
     import subprocess
     import sys
-    code = "import sys, cnnlab.params; cnnlab.params.load('params.yaml'); print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, cnnlab.params; cnnlab.params.for_stage('report'); cnnlab.params.for_stage('download');"
+            "print(sorted(m for m in sys.modules if m in ('torch', 'torchvision', 'sklearn', 'matplotlib') "
+            "or m.startswith('cnnlab.models.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_model_stage_imports_only_its_own_model_and_checks_its_options(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, cnnlab.params; cnnlab.params.for_stage('train', 'lenet');"
+            "print(sorted(m for m in sys.modules if m.startswith('cnnlab.models.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['cnnlab.models.lenet']"
+    # a bad option of another model is left to that model's own stages, which name it
+    raw = read_yaml((REPO / "params.yaml").read_text())
+    raw["mlp"]["hiden"] = 3
+    with pytest.raises(CnnlabError, match="unknown key 'mlp.hiden'"):
+        validate(raw, built=("mlp",))
+    assert validate(raw, built=("lenet",))["mlp"]["hiden"] == 3
+    raw["mlp"]["lr"] = "fast"  # a shared train: key is checked in every stage
+    with pytest.raises(CnnlabError, match="mlp.lr must be a finite number"):
+        validate(raw, built=())

@@ -65,7 +65,7 @@ def test_offline_without_the_file_names_it_and_where_to_put_it(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("model,value,fragment", [
-    ("mlp", "imagenet", "torchvision has no pretrained weights for mlp"),
+    ("mlp", "imagenet", r"mlp declares no pretrained weights \(models/mlp.py: spec.pretrained\)"),
     ("resnet18", "IMAGENET9K_V9", "resnet18.weights must be imagenet, a local file or one of IMAGENET1K_V1"),
 ])
 def test_weights_that_do_not_exist_are_one_line(model, value, fragment):
@@ -75,7 +75,7 @@ def test_weights_that_do_not_exist_are_one_line(model, value, fragment):
 
 def test_train_with_imagenet_weights_and_a_frozen_backbone(tmp_path, monkeypatch):
     """Only the head learns; the checkpoint carries ImageNet's normalisation for the later stages."""
-    from conftest import base_params, colour_digits
+    from conftest import base_params, colour_digits, train_outputs
     from cnnlab.prepare import prepare, save_prepared
     from cnnlab.train import train_model
     weights = pretrained_weights("resnet18", "imagenet")
@@ -87,7 +87,7 @@ def test_train_with_imagenet_weights_and_a_frozen_backbone(tmp_path, monkeypatch
     save_prepared(prepare(data, None, tuple(str(i) for i in range(10)), params["prepare"]), tmp_path / "prepared")
     params["train"].update(epochs=1, batch_size=32, progress=False)
     params["resnet18"].update(weights="imagenet", freeze=True, stem="imagenet")
-    ckpt, metrics, _, _ = train_model("resnet18", params, tmp_path / "prepared")
+    ckpt, metrics, _, _ = train_outputs(train_model("resnet18", params, tmp_path / "prepared"), tmp_path)
     assert metrics["parameters"] == 512 * 10 + 10  # trainable: the head
     assert ckpt["mean"] == [0.485, 0.456, 0.406] and ckpt["std"] == [0.229, 0.224, 0.225]
     for key in ("conv1.weight", "layer3.0.conv1.weight"):

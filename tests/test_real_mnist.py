@@ -7,7 +7,7 @@ from cnnlab.datasets import formats as datasets
 from cnnlab.evaluate import evaluate_model
 from cnnlab.prepare import prepare, save_prepared
 from cnnlab.train import train_model
-from conftest import base_params
+from conftest import base_params, train_outputs
 
 
 @pytest.mark.slow
@@ -21,11 +21,11 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
                      datasets.load_split("mnist", tmp_path / "raw", "test"),
                      datasets.class_names("mnist", tmp_path / "raw"), params["prepare"])
     save_prepared(splits, tmp_path / "prepared")
-    checkpoint, metrics, history, _ = train_model("lenet", params, tmp_path / "prepared")
+    checkpoint, metrics, history, _ = train_outputs(train_model("lenet", params, tmp_path / "prepared"), tmp_path)
     torch.save(checkpoint, tmp_path / "lenet.pt")
     result = evaluate_model("lenet", tmp_path / "lenet.pt", tmp_path / "prepared", 1000)
     assert len(history) == 2
-    assert result["metrics"]["accuracy"] >= 0.985, result["metrics"]
+    assert result.json["metrics"]["accuracy"] >= 0.985, result.json["metrics"]
     # the Grad-CAM paper's fine map on the trained LeNet: at least twice the digit's share of the image
     # lies on the digit's pixels (Grad-CAM alone is as coarse as LeNet's last 5x5 block)
     from cnnlab.analyze import guided_grad_cam, mass_on
@@ -34,7 +34,7 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
     model, ckpt = load_checkpoint(tmp_path / "lenet.pt", torch.device("cpu"))
     images, labels = splits["test"][0][:200], splits["test"][1][:200]
     test = DeviceSplit(images, labels, ckpt["mean"], ckpt["std"], torch.device("cpu"))
-    _, guided, _, layer = guided_grad_cam(model, test.normalise(images))
+    _, guided, _, layer = guided_grad_cam(model, "5", test.normalise(images))
     digit = (images[:, 0] > 127).float()
     mass, area = mass_on(guided, digit).mean().item(), digit.mean().item()
     assert layer == "5 (ReLU)" and mass >= 2 * area, (layer, mass, area)

@@ -76,7 +76,7 @@ def test_bad_values_stop_training_before_anything_is_written(tmp_path, section, 
 
 
 def test_unknown_model_name_on_the_command_line(tmp_path):
-    assert_one_line_error(run(project_copy(tmp_path), "stages/train.py", "vgg"), "MODEL one of mlp, cnn, cnn_small, lenet, alexnet, resnet18")
+    assert_one_line_error(run(project_copy(tmp_path), "stages/train.py", "vgg"), "MODEL one of alexnet, cnn, cnn_small, lenet, mlp, resnet18, resnet_small")
 
 
 def test_missing_mirror_file_leaves_no_raw_data(tmp_path):

@@ -6,11 +6,11 @@ from torch import nn
 
 from cnnlab.batches import DeviceSplit
 from cnnlab.checkpoints import count_parameters
-from cnnlab.models import MODELS, build
+from cnnlab.models import build, names
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
 from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
-from conftest import synthetic_digits
+from conftest import synthetic_digits, train_outputs
 
 CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
@@ -158,7 +158,7 @@ def prepared_dir(tmp_path, channels, n_train=60):
     return tmp_path / "prepared"
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", names())
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name, channels):
     from conftest import base_params
@@ -166,7 +166,7 @@ def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name
     params = base_params()
     params[name] = {**params[name], "epochs": 1, "batch_size": 16, "progress": False, "eval_batch_size": 64}
     prepared = prepared_dir(tmp_path, channels)
-    ckpt, metrics, history, steps = train_model(name, params, prepared)
+    ckpt, metrics, history, steps = train_outputs(train_model(name, params, prepared), tmp_path)
     assert metrics["parameters"] == count_parameters(build(name, channels, 10, 28 if channels == 1 else 32,
                                                            **{k: v for k, v in params[name].items()
                                                               if k in ("input_size", "stem", "hidden", "dropout")}))
@@ -208,7 +208,7 @@ def test_starting_weights_come_from_the_model_section(tmp_path):
     torch.save(start.state_dict(), tmp_path / "start.pt")
     params["cnn_small"] = {"epochs": 1, "lr": 1e-9, "progress": False, "weights": str(tmp_path / "start.pt"),
                            "scheduler": "none", "optimizer": "sgd", "momentum": 0.0}
-    ckpt, _, _, _ = train_model("cnn_small", params, prepared)
+    ckpt, _, _, _ = train_outputs(train_model("cnn_small", params, prepared), tmp_path)
     for key, value in start.state_dict().items():  # a 1e-9 step leaves the loaded weights in place
         assert torch.allclose(ckpt["state_dict"][key], value, atol=1e-6)
 
@@ -227,10 +227,10 @@ def test_splits_over_the_device_budget_stay_in_host_memory_with_the_same_results
     for budget in (None, 0, train_bytes):
         params["data"] = {**params["data"], "max_device_bytes": budget}
         seed_everything(0)
-        ckpt, metrics, history, steps = train_model("lenet", params, prepared)
+        ckpt, metrics, history, steps = train_outputs(train_model("lenet", params, prepared), tmp_path)
         assert metrics["train_images"] == 45
         torch.save(ckpt, tmp_path / f"lenet-{budget}.pt")
-        test = evaluate_model("lenet", tmp_path / f"lenet-{budget}.pt", prepared, 7, budget)["metrics"]
+        test = evaluate_model("lenet", tmp_path / f"lenet-{budget}.pt", prepared, 7, budget).json["metrics"]
         runs[budget] = (ckpt["state_dict"], metrics["data_on_device"], history, steps, test)
     assert runs[None][1] == {"train": True, "val": True}
     assert runs[0][1] == {"train": False, "val": False}

@@ -1,16 +1,23 @@
 """Looking inside a trained model: feature maps, learned filters, t-SNE of embeddings, Grad-CAM,
 the most confident mistakes, and accuracy under salt-and-pepper noise.
 
-Everything here works on any model of the registry: layers are found by type and by the order they
-run in, never by name, so a new architecture is analysed without changes. The probes come first,
+Everything here works on any model of the zoo: the layers an analysis needs by role (the head
+whose input is the embedding, the layer Grad-CAM explains) are the ones the model's spec declares
+(cnnlab/models/); the rest are found by type and by the order they run in. The probes come first,
 then the analyses: each one reads the model and its test images (a Subject) and adds figures,
 tables and numbers to the Findings. `analyze_model` runs them all, in the order of ANALYSES.
+
+To add an analysis: a function `(subject, findings) -> None` decorated with @analysis. Its
+figures land in plots/analysis/<model>/, its tables in plots/tables/<model>/ and its numbers in
+metrics/analysis/<model>.json; the report shows them, and a table declared with `plots=` (x and y
+columns) is drawn by `dvc plots` for every model. No stage, dvc.yaml or report edit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,11 +26,12 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from torch import nn
 
-from cnnlab import figures
+from cnnlab import figures, models
 from cnnlab.augment import salt_and_pepper
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
 from cnnlab.inference import autocast_dtype, embeddings, score
+from cnnlab.outputs import Result
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.runtime import pick_device
 
@@ -58,37 +66,31 @@ def capture_activations(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn
     return records
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
+def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Grad-CAM maps (upsampled to the input, each scaled to 0..1), the class each map explains (the
-    predicted one unless `target` is given) and the layer they come from.
+    """Grad-CAM maps on the submodule `layer` (upsampled to the input, each scaled to 0..1), the
+    class each map explains (the predicted one unless `target` is given) and the layer's label.
 
-    The layer is the last one whose output is still a spatial map (more than 1x1): the output of the
-    last convolutional block, after its ReLU and pooling, as pytorch-grad-cam picks for torchvision
-    models (ResNet's layer4, AlexNet's features). The raw Conv2d output would be wrong here: cnnlab's
-    blocks pool before the ReLU, so the conv's output still holds the negative evidence the ReLU
-    removes.
+    The layer is the one the model's spec declares: the output of its last spatial block, after its
+    ReLU and pooling, as pytorch-grad-cam picks for torchvision models (ResNet's layer4, AlexNet's
+    features). cnnlab's blocks pool before the ReLU, so the raw Conv2d output would still hold the
+    negative evidence the ReLU removes.
     """
-    spatial: list[tuple[str, nn.Module, torch.Tensor]] = []
-    handles = []
-    for name, module in leaf_modules(model):
-        def keep(mod, inputs, output, name=name):
-            if output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                spatial.append((name, mod, output))
-        handles.append(module.register_forward_hook(keep))
+    module = model.get_submodule(layer)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda mod, inputs, output: captured.append(output))
     try:
         model.eval()
         with torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
-            if not spatial:
-                raise ValueError("Grad-CAM needs a layer with a spatial output")
-            layer, module, act = spatial[-1]
+            act = captured[-1]
+            if act.dim() != 4:
+                raise ValueError(f"Grad-CAM needs a spatial output; layer {layer} gives {tuple(act.shape)}")
             act.retain_grad()
             target = logits.argmax(1) if target is None else target
             logits.gather(1, target.view(-1, 1)).sum().backward()
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
         model.zero_grad(set_to_none=True)
     grad, act = act.grad.detach(), act.detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)            # importance of each channel for the class
@@ -122,14 +124,15 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
     return x.grad.detach().clamp(min=0).amax(1)
 
 
-def guided_grad_cam(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """(Grad-CAM, Guided Grad-CAM, predicted class, layer): the Grad-CAM paper's two maps. Grad-CAM
     on the last block is class-discriminative but as coarse as that block (5x5 for LeNet); Guided
     Grad-CAM multiplies it by guided backpropagation to reach the input's resolution. Each map is
     scaled to a peak of 1."""
-    cam, target, layer = grad_cam(model, x)
+    cam, target, label = grad_cam(model, layer, x)
     guided = guided_backprop(model, x, target) * cam
-    return cam, guided / guided.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1), target, layer
+    return cam, guided / guided.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1), target, label
 
 
 def mass_on(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -183,6 +186,7 @@ class Subject:
     """A trained model and the test images it is looked at with."""
     name: str
     model: nn.Module
+    spec: models.ModelSpec     # its declared head and attribution layer
     classes: list[str]
     test: DeviceSplit
     labels: torch.Tensor       # test labels, on the CPU
@@ -202,7 +206,33 @@ class Findings:
     tables: dict = field(default_factory=dict)   # name -> list of rows
     metrics: dict = field(default_factory=dict)
 
+    def result(self) -> Result:
+        """By the analyze stage's output roles; the metrics say which tables `dvc plots` draws."""
+        plotted = {name: plot for analysis in ANALYSES for name, plot in analysis.plots.items()
+                   if name in self.tables}
+        return Result(json={"metrics": {**self.metrics, "plots": plotted}},
+                      tables={"tables": self.tables}, figures={"figures": self.figures})
 
+
+@dataclass(frozen=True)
+class Analysis:
+    run: Callable[["Subject", Findings], None]
+    plots: dict[str, dict]  # table name -> {"x": column, "y": column, "title": ...}: drawn by dvc plots
+
+
+ANALYSES: list[Analysis] = []
+
+
+def analysis(function=None, *, plots: dict[str, dict] | None = None):
+    """Register an analysis (run in the order registered). `plots`: which of its tables `dvc plots`
+    draws, one line per model: {table: {"x": column, "y": column, "title": text}}."""
+    def register(run):
+        ANALYSES.append(Analysis(run, plots or {}))
+        return run
+    return register(function) if function is not None else register
+
+
+@analysis
 def feature_maps(s: Subject, found: Findings) -> None:
     """Every layer's output for the sample images, and how much each still looks like the input."""
     raw = s.sample_images
@@ -216,6 +246,7 @@ def feature_maps(s: Subject, found: Findings) -> None:
     found.tables["layers"] = layers
 
 
+@analysis
 def learned_filters(s: Subject, found: Findings) -> None:
     convs = [(n, m) for n, m in s.model.named_modules() if isinstance(m, nn.Conv2d)]
     for i, (layer, conv) in enumerate(convs):
@@ -224,13 +255,15 @@ def learned_filters(s: Subject, found: Findings) -> None:
     found.metrics["last_conv"] = convs[-1][0] if convs else None
 
 
+@analysis
 def embedding_separation(s: Subject, found: Findings) -> None:
     """t-SNE of the penultimate features of a seeded test subsample, and silhouette scores of those
     features and of the raw pixels (how much better than the input the classes are separated)."""
     seed = s.options["seed"]
     subsample = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed))
     subsample = subsample[:s.options["tsne_samples"]].sort().values
-    features = embeddings(s.model, s.test, subsample, s.options["batch_size"], s.dtype).numpy()
+    features = embeddings(s.model, s.model.get_submodule(s.spec.head), s.test, subsample, s.options["batch_size"],
+                          s.dtype).numpy()
     pixels = s.test.normalise(s.test.images.index_select(0, subsample.to(s.test.images.device))).flatten(1)
     sub_labels = s.labels[subsample].numpy()
     silhouette = float(silhouette_score(features, sub_labels))
@@ -245,14 +278,15 @@ def embedding_separation(s: Subject, found: Findings) -> None:
                          tsne_samples=int(len(sub_labels)), feature_dim=int(features.shape[1]))
 
 
+@analysis
 def gradcam_maps(s: Subject, found: Findings) -> None:
     """Grad-CAM and Guided Grad-CAM of the sample images, and how much of each map's heat lies on
     the object (the brighter-than-average pixels: a digit's strokes)."""
-    found.metrics["gradcam_layer"] = None  # a network without convolutions has no Grad-CAM
-    if not any(isinstance(m, nn.Conv2d) for m in s.model.modules()):
+    found.metrics["gradcam_layer"] = None  # a network without spatial maps has no Grad-CAM
+    if s.spec.attribution_layer is None:
         return
     raw = s.sample_images
-    cam, guided, predicted, layer = guided_grad_cam(s.model, s.test.normalise(raw))
+    cam, guided, predicted, layer = guided_grad_cam(s.model, s.spec.attribution_layer, s.test.normalise(raw))
     grey = raw.float().mean(1)
     on_object = (grey > grey.flatten(1).mean(1).view(-1, 1, 1)).float()
     found.metrics.update(gradcam_layer=layer, gradcam_object_area=float(on_object.mean()),
@@ -264,6 +298,7 @@ def gradcam_maps(s: Subject, found: Findings) -> None:
         f"{s.name}: Grad-CAM on {layer} (top) and Guided Grad-CAM (bottom), for the predicted class")
 
 
+@analysis
 def confident_mistakes(s: Subject, found: Findings) -> None:
     probs = score(s.model, s.test, s.options["batch_size"], s.dtype).probabilities
     mistakes = most_confused(probs, s.labels, s.options["top_confused"])
@@ -274,10 +309,11 @@ def confident_mistakes(s: Subject, found: Findings) -> None:
                     for m in mistakes]
         found.figures["confused.png"] = figures.image_grid(
             images, captions, min(len(mistakes), 8), f"{s.name}: most confident mistakes (true as predicted)")
-    found.tables["mistakes"] = [{**m, "actual": s.classes[m["actual"]], "predicted": s.classes[m["predicted"]]}
-                                for m in mistakes]
+        found.tables["mistakes"] = [{**m, "actual": s.classes[m["actual"]], "predicted": s.classes[m["predicted"]]}
+                                    for m in mistakes]
 
 
+@analysis(plots={"noise": {"x": "noise", "y": "accuracy", "title": "test accuracy under salt-and-pepper noise"}})
 def noise_robustness(s: Subject, found: Findings) -> None:
     noise = accuracy_under_noise(s.model, s.test, s.options["noise_levels"], s.options["batch_size"],
                                  s.options["seed"], s.dtype)
@@ -285,22 +321,20 @@ def noise_robustness(s: Subject, found: Findings) -> None:
     found.tables["noise"] = [{"noise": float(k), "accuracy": v} for k, v in noise.items()]
 
 
-ANALYSES = (feature_maps, learned_filters, embedding_separation, gradcam_maps, confident_mistakes, noise_robustness)
-
-
 def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict,
-                  max_device_bytes: int | None = None) -> Findings:
-    """Every figure, table and number the analyze stage writes for one model."""
+                  max_device_bytes: int | None = None) -> Result:
+    """Every figure, table and number the analyze stage writes for one model, by output role."""
     device = pick_device("auto")
-    model, ckpt = load_checkpoint(checkpoint_path, device)
+    model, ckpt = load_checkpoint(checkpoint_path, device, expected=name)
     data = load_prepared(prepared_dir, ("test",))
     labels = data["test"][1]
     samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device,
                        budget=DeviceBudget(device, max_device_bytes))
-    subject = Subject(name, model, ckpt["classes"], test, labels, options, autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
+    subject = Subject(name, model, models.spec(name), ckpt["classes"], test, labels, options,
+                      autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
                       [ckpt["classes"][int(labels[i])] for i in samples])
     found = Findings()
-    for analysis in ANALYSES:
-        analysis(subject, found)
-    return found
+    for registered in ANALYSES:
+        registered.run(subject, found)
+    return found.result()

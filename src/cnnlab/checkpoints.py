@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab import CnnlabError, timed
-from cnnlab.models import MODELS, build
+from cnnlab import models
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -63,23 +63,20 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
-# torchvision's weight enums for the models of the zoo that have ImageNet weights
-PRETRAINED = {"alexnet": "AlexNet_Weights", "resnet18": "ResNet18_Weights"}
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
 def is_pretrained_name(value: str | None) -> bool:
     """`weights: imagenet`, or a torchvision enum name such as IMAGENET1K_V1 (a path otherwise)."""
     return bool(value) and (value == "imagenet" or value.split(".")[-1].isupper())
 
 
 def pretrained_weights(model_name: str, value: str):
-    """The torchvision weights enum member that `weights:` names for this model."""
+    """The torchvision weights enum member that `weights:` names for this model (its spec's
+    `pretrained`)."""
     import torchvision
-    if model_name not in PRETRAINED:
-        raise CnnlabError(f"params.yaml: {model_name}.weights {value!r}: torchvision has no pretrained weights "
-                          f"for {model_name} (only for {', '.join(PRETRAINED)}); use a local state dict")
-    enum = getattr(torchvision.models, PRETRAINED[model_name])
+    declared = models.spec(model_name).pretrained
+    if declared is None:
+        raise CnnlabError(f"params.yaml: {model_name}.weights {value!r}: {model_name} declares no pretrained "
+                          f"weights (models/{model_name}.py: spec.pretrained); use a local state dict")
+    enum = getattr(torchvision.models, declared)
     name = "DEFAULT" if value == "imagenet" else value.split(".")[-1]
     try:
         return enum.DEFAULT if name == "DEFAULT" else enum[name]
@@ -126,14 +123,19 @@ def adapt_pretrained(model: nn.Module, state: dict) -> list[str]:
     return kept
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | Path, device: torch.device, expected: str | None = None) -> tuple[nn.Module, dict]:
+    """The trained model and its checkpoint record; with `expected`, the checkpoint must be that
+    model's (a lenet.pt copied over mlp.pt must not score as the MLP)."""
     path = Path(path)
     with timed("load"):
         ckpt = _read(path, "missing; run the train stage first (dvc repro)", "cnnlab checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("model") not in MODELS:
+    if not isinstance(ckpt, dict) or ckpt.get("model") not in models.names():
         raise CnnlabError(f"{path}: not a cnnlab checkpoint (unknown model "
                           f"{ckpt.get('model') if isinstance(ckpt, dict) else None!r})")
+    if expected is not None and ckpt["model"] != expected:
+        raise CnnlabError(f"{path}: holds a trained {ckpt['model']}, not {expected} (a copied or renamed file?); "
+                          f"retrain it with dvc repro -f -s train@{expected}")
     _require_finite(path, ckpt["state_dict"])
-    model = build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
+    model = models.build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt

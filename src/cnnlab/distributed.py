@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from cnnlab import CnnlabError
-from cnnlab.outputs import LAUNCHER, StagedOutputs, remove_temporaries
+from cnnlab.outputs import StagedOutputs, remove_temporaries
+from cnnlab.stage import LAUNCHER
 
 LAUNCH_ENV = "CNNLAB_TORCHRUN"     # torchrun's arguments for several nodes, e.g. the rendezvous
 

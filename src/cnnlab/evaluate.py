@@ -11,6 +11,7 @@ from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
 from cnnlab.inference import autocast_dtype, score
+from cnnlab.outputs import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
 
@@ -32,10 +33,10 @@ def scores(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tup
 
 
 def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_size: int,
-                   max_device_bytes: int | None = None) -> dict:
-    """Everything the evaluate stage writes, as plain data plus one figure."""
+                   max_device_bytes: int | None = None) -> Result:
+    """Everything the evaluate stage writes, by output role."""
     device = pick_device("auto")
-    model, ckpt = load_checkpoint(checkpoint_path, device)
+    model, ckpt = load_checkpoint(checkpoint_path, device, expected=name)
     data = load_prepared(prepared_dir, ("test",))
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, budget=DeviceBudget(device, max_device_bytes))
     result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device))
@@ -45,10 +46,8 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     matrix = confusion_matrix(actual, predicted, labels=list(range(len(classes))))
     metrics = {**overall, "loss": result.loss, "test_images": int(len(actual)),
                "device": device.type, "device_name": device_name(device)}
-    return {
-        "metrics": metrics,
-        "per_class": per_class,
-        "confusion": [{"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
-                      for a in range(len(classes)) for p in range(len(classes))],
-        "figure": confusion_figure(matrix, classes, f"{name}: test accuracy {overall['accuracy']:.2%}"),
-    }
+    confusion = [{"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
+                 for a in range(len(classes)) for p in range(len(classes))]
+    return Result(json={"metrics": metrics}, tables={"per_class": per_class, "confusion": confusion},
+                  figures={"confusion_figure": confusion_figure(matrix, classes,
+                                                                f"{name}: test accuracy {overall['accuracy']:.2%}")})

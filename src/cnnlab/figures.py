@@ -192,6 +192,8 @@ def noise_figure(analysis: dict):
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (name, found) in enumerate(analysis.items()):
         curve = found["noise"]
+        if curve is None:
+            continue
         ax.plot(curve["noise"], curve["accuracy"], marker="o", color=f"C{i}", label=name)
     ax.set_xlabel("fraction of pixels replaced by salt-and-pepper noise")
     ax.set_ylabel("test accuracy")

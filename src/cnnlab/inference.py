@@ -77,18 +77,12 @@ def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dty
                   torch.cat(predicted).cpu() if keep else empty, torch.cat(probabilities).cpu() if keep else empty)
 
 
-def head(model: nn.Module) -> nn.Module:
-    """The classifier's last layer: the last module with parameters of its own (a Linear head, or the
-    1x1 convolution of an all-convolutional net)."""
-    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))][-1]
-
-
-def embeddings(model: nn.Module, data: DeviceSplit, index: torch.Tensor, batch_size: int,
+def embeddings(model: nn.Module, head: nn.Module, data: DeviceSplit, index: torch.Tensor, batch_size: int,
                dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The input of the classifier's last layer (the embedding the classes are read from), flattened,
-    for the images at `index`."""
+    """The input of the classifier's head (the model's declared last layer: the embedding the
+    classes are read from), flattened, for the images at `index`."""
     captured: list[torch.Tensor] = []
-    handle = head(model).register_forward_pre_hook(lambda mod, inputs: captured.append(inputs[0].flatten(1).float()))
+    handle = head.register_forward_pre_hook(lambda mod, inputs: captured.append(inputs[0].flatten(1).float()))
     try:
         for _ in run(model, data, batch_size, dtype, index):
             pass

@@ -9,8 +9,11 @@ record their file name (torch.save names the zip's root folder after it) then wr
 as a direct save would, so the same training gives a byte-identical checkpoint.
 
 Under torchrun, rank 0 cannot know that the other ranks will also end well, so it does not rename:
-it hands its staged outputs over to the stage process that launched torchrun, which renames them
-only once every rank has exited cleanly, and removes them otherwise.
+it hands its staged outputs over to the stage process that launched torchrun (cnnlab.stage decides
+which), which renames them only once every rank has exited cleanly, and removes them otherwise.
+
+A stage's core returns a `Result` (its JSON, tables, figures and other files, by output role);
+`write_result` stages each where cnnlab.paths puts that role.
 """
 
 from __future__ import annotations
@@ -19,28 +22,14 @@ import csv
 import json
 import os
 import shutil
-import signal
-import sys
-import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
-from cnnlab import PHASE_SECONDS, CnnlabError, timed
+from cnnlab import paths
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
-LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
-HANDED_OVER = "staged.json"    # in that folder: rank 0's staged outputs, for the launcher to commit
-
-
-def launcher() -> tuple[int, Path] | None:
-    """When this process is a rank that distributed.launch started: the launching stage's pid and
-    the folder it reads (the ranks' one-line errors, rank 0's staged outputs)."""
-    value = os.environ.get(LAUNCHER)
-    if not value or "LOCAL_RANK" not in os.environ:
-        return None
-    pid, folder = value.split(":", 1)
-    return int(pid), Path(folder)
+HANDED_OVER = "staged.json"    # in the launcher's folder: rank 0's staged outputs, for it to commit
 
 
 def _temporary(target: Path, owner: int) -> Path:
@@ -73,11 +62,7 @@ class StagedOutputs:
         self.path(target).write_text(text)
 
     def csv(self, target: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
-        columns = columns or list(rows[0])
-        with open(self.path(target), "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(self.path(target), rows, columns)
 
     def figure(self, target: str | Path, fig, dpi: int = 110, staged: bool = True) -> None:
         """Save a matplotlib figure; staged=False writes straight to `target`, a path inside a folder
@@ -169,109 +154,56 @@ def remove_temporaries(owner: int, folders=OUTPUT_FOLDERS) -> None:
         shutil.rmtree(holder, ignore_errors=True)
 
 
-@contextmanager
-def staged_outputs() -> Iterator[StagedOutputs]:
-    lead = launcher()
-    outputs = StagedOutputs(lead[0] if lead else None)
-    with timed("write"):
-        try:
-            yield outputs
-        except BaseException:
-            outputs.discard()
-            raise
-        if lead:  # a rank under distributed.launch: it commits once every rank has ended well
-            outputs.hand_over(lead[1])
+@dataclass
+class Result:
+    """What a stage produced, by output role (the keys of cnnlab.paths.OUTPUTS[stage]).
+
+    json: role -> a mapping written as JSON (NaN refused).
+    tables: role -> rows (one CSV), or, for a folder role, name -> rows (one CSV each).
+    figures: role -> a matplotlib figure, or, for a folder role, relative path -> figure.
+    files: role -> a function that writes the file at the path it is given (a checkpoint).
+    """
+    json: dict[str, dict] = field(default_factory=dict)
+    tables: dict[str, list[dict] | dict[str, list[dict]]] = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+    files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+
+def write_result(out: StagedOutputs, stage: str, result: Result, model: str = "", dpi: int = 110) -> None:
+    """Stage every output of `result` where cnnlab.paths puts its role; a folder role is replaced whole."""
+    target = vars(paths.outputs(stage, model))
+    unknown = {*result.json, *result.tables, *result.figures, *result.files} - set(target)
+    if unknown:
+        raise KeyError(f"{stage}: no output role {sorted(unknown)} in cnnlab.paths.OUTPUTS")
+    folders: dict[str, Path] = {}
+
+    def folder(role: str) -> Path:
+        if role not in folders:
+            folders[role] = out.path(target[role])
+            folders[role].mkdir(parents=True, exist_ok=True)
+        return folders[role]
+
+    for role, data in result.json.items():
+        out.json(target[role], data)
+    for role, rows in result.tables.items():
+        if isinstance(rows, dict):
+            for name, table in rows.items():
+                write_csv(folder(role) / f"{name}.csv", table)
         else:
-            outputs.commit()
+            out.csv(target[role], rows)
+    for role, figure in result.figures.items():
+        if isinstance(figure, dict):
+            for relative, fig in figure.items():
+                out.figure(folder(role) / relative, fig, dpi=dpi, staged=False)
+        else:
+            out.figure(target[role], figure, dpi=dpi)
+    for role, write in result.files.items():
+        write(out.path(target[role]))
 
 
-def model_argument(stage: str) -> str:
-    """The model named on a per-model stage's command line (`python stages/train.py lenet`)."""
-    from cnnlab.models import MODELS
-    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
-        raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(MODELS)}")
-    return sys.argv[1]
-
-
-def _seconds_since_start() -> float | None:
-    """How long ago the kernel started this process (interpreter start-up and imports included)."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None  # not Linux: start-up is left out of the record
-
-
-def _record_timings(main_started: float) -> None:
-    """With CNNLAB_TIMINGS set (benchmarks/pipeline.py sets it), append one JSON line of where this
-    stage's time went: start-up (process start to main), load, fit, write, and the rest."""
-    target = os.environ.get("CNNLAB_TIMINGS")
-    if not target:
-        return
-    main_seconds = time.perf_counter() - main_started
-    since_start = _seconds_since_start()
-    record = {"stage": Path(sys.argv[0]).stem + (f"@{sys.argv[1]}" if len(sys.argv) > 1 else ""),
-              "startup": None if since_start is None else round(since_start - main_seconds, 3),
-              **{phase: round(seconds, 3) for phase, seconds in PHASE_SECONDS.items()},
-              "main": round(main_seconds, 3)}
-    with open(target, "a") as stream:
-        stream.write(json.dumps(record) + "\n")
-
-
-def _record_rank_failure(err: BaseException) -> None:
-    """A failing torchrun rank leaves its error as one line for the process that launched it
-    (distributed.launch), which shows the cause instead of every rank's traceback."""
-    lead = launcher()
-    if lead is None:
-        return
-    user_error = isinstance(err, CnnlabError)
-    text = str(err).strip().splitlines()
-    message = str(err) if user_error else f"{type(err).__name__}: {text[0] if text else ''}"
-    rank = int(os.environ.get("RANK", 0))
-    try:
-        Path(lead[1], f"rank-{rank}.json").write_text(json.dumps(
-            {"rank": rank, "time": time.time(), "user_error": user_error, "message": message}))
-    except OSError:
-        pass  # the launcher is on another node: torchrun's own report stands
-
-
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
-
-
-def _end_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies: `dvc repro` killed with SIGTERM
-    exits at once without stopping the stage it runs, which would then finish and write outputs
-    that no dvc.lock records."""
-    try:
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: nothing to ask for
-        pass
-    if os.getppid() == 1:  # the parent died before we asked
-        raise KeyboardInterrupt
-
-
-def run_stage(main, sweep: bool = True) -> None:
-    """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
-    user errors become one line on stderr and exit code 1."""
-    signal.signal(signal.SIGTERM, _interrupted)
-    started = time.perf_counter()
-    try:
-        _end_with_parent()
-        if sweep:
-            sweep_temporaries()
-        main()
-        _record_timings(started)
-    except CnnlabError as err:
-        _record_rank_failure(err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
-        _record_rank_failure(err)
-        raise
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    columns = columns or (list(rows[0]) if rows else [])
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

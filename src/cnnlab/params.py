@@ -10,43 +10,15 @@ fails at once, so the `params:` lists in dvc.yaml cannot silently fall behind th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from cnnlab import CnnlabError, checks
+from cnnlab import CnnlabError, checks, models
 from cnnlab.datasets import DATASETS
-from cnnlab.models import MODELS, options
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (`-S train.lr=1e-3`) writes YAML 1.2.
-    Duplicate keys are refused (as DVC refuses them) instead of the last one silently winning."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
 
 AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "crop_padding": checks.integer(0, 64),
@@ -163,47 +135,69 @@ def _check_section(name: str, section: Any, section_checks: dict[str, Callable[[
     return cleaned
 
 
-def validate(raw: Any) -> dict:
-    """Return a cleaned copy of the params, or raise CnnlabError naming the first bad key."""
+def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
+    """Return a cleaned copy of the params, or raise CnnlabError naming the first bad key.
+
+    A model's own options (its constructor's keywords) are checked for the models in `built` (None:
+    every model), which imports their modules; for the others only the shared `train:` keys of
+    their sections are checked and the rest is kept for the stages that build them. So a stage
+    that builds no model imports no model code, and an edit to one model reruns only its stages."""
     if not isinstance(raw, dict):
         raise CnnlabError("params.yaml: expected a mapping at the top level")
-    unknown = sorted(str(k) for k in set(raw) - set(SECTIONS) - set(MODELS))
+    zoo = models.names()
+    unknown = sorted(str(k) for k in set(raw) - set(SECTIONS) - set(zoo))
     if unknown:
         raise CnnlabError(f"params.yaml: unknown key '{unknown[0]}' "
-                          f"(allowed: {', '.join(SECTIONS)} and a section per model: {', '.join(MODELS)})")
+                          f"(allowed: {', '.join(SECTIONS)} and a section per model: {', '.join(zoo)})")
     for key in SECTIONS:
         if key not in raw:
             raise CnnlabError(f"params.yaml: missing key '{key}'")
     params = {name: _check_section(name, raw[name], section_checks) for name, section_checks in SCHEMA.items()}
     try:
-        params["models"] = checks.names(MODELS)(raw["models"])
+        params["models"] = checks.names(zoo)(raw["models"])
     except ValueError as allowed:
         raise _fail("models", raw["models"], str(allowed)) from None
-    for model in MODELS:
+    for model in zoo:
         section = raw.get(model)
         section = {} if section is None else section  # `lenet:` with nothing after it
-        params[model] = _check_section(model, section, {**SCHEMA["train"], **options(model)}, required=False)
+        if built is None or model in built:
+            params[model] = _check_section(model, section, {**SCHEMA["train"], **models.options(model)},
+                                           required=False)
+        elif not isinstance(section, dict):
+            raise _fail(model, section, "a mapping of train: overrides and the model's options")
+        else:  # the shared keys now; the model's own options when a stage builds it
+            shared = _check_section(model, {k: v for k, v in section.items() if k in SCHEMA["train"]},
+                                    SCHEMA["train"], required=False)
+            params[model] = {**section, **shared}
     prep = params["prepare"]
     if prep["train_size"] is not None and prep["samples_per_class"] is not None:
         raise CnnlabError("params.yaml: set at most one of prepare.train_size and prepare.samples_per_class")
     return params
 
 
-def load(path: str | Path = "params.yaml") -> dict:
-    """The whole file, validated."""
+def read_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads and writes params.yaml (`-S train.lr=1e-3` is a number, not a
+    string), with duplicate keys refused as DVC refuses them."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def load(path: str | Path = "params.yaml", built: tuple[str, ...] | None = None) -> dict:
+    """The whole file, validated (the options of the models in `built`; None: of every model)."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise CnnlabError(f"{path}: not found (run from the project root)") from None
     try:
-        raw = yaml.load(text, Loader=_Yaml12Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        raw = read_yaml(text)
+    except YAMLError as err:
+        mark = err.problem_mark if isinstance(err, MarkedYAMLError) else None
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None)
+        problem = err.problem if isinstance(err, MarkedYAMLError) else None
+        if isinstance(err, DuplicateKeyError):  # 'found duplicate key "x" with value ...'
+            problem = f"duplicate key '{problem.split(chr(34))[1]}': keep one"
         raise CnnlabError(f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
-    return validate(raw)
+    return validate(raw, built)
 
 
 class StageParams(dict):
@@ -225,15 +219,15 @@ class StageParams(dict):
 def declared(stage: str, item: str | None = None, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     """The params keys dvc.yaml declares for `stage`, with `${item.model}` filled in from `item`."""
     try:
-        stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+        stages = read_yaml(Path(dvc_yaml).read_text())["stages"]
         entries = stages[stage].get("params", [])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    except (OSError, KeyError, TypeError, YAMLError):
         raise CnnlabError(f"{dvc_yaml}: no stage '{stage}' (run from the project root)") from None
     keys = []
     for entry in entries:
         if isinstance(entry, dict):  # `- params.yaml:` (the whole file) or `- params.yaml: [keys]`
             for keys_in_file in entry.values():
-                keys += keys_in_file or list(SECTIONS) + list(MODELS)
+                keys += keys_in_file or list(SECTIONS) + list(models.names())
         else:
             keys.append(entry.replace("${item.model}", item or ""))
     return keys
@@ -251,8 +245,10 @@ def _select(params: dict, keys: list[str]) -> dict:
 
 
 def for_stage(stage: str, item: str | None = None, path: str | Path = "params.yaml") -> StageParams:
-    """Validate the whole file; return only what dvc.yaml declares for `stage` (of model `item`)."""
-    return StageParams(_select(load(path), declared(stage, item, Path(path).with_name("dvc.yaml"))), stage)
+    """Validate the whole file (the options of model `item` only); return only what dvc.yaml
+    declares for `stage` (of model `item`)."""
+    loaded = load(path, built=(item,) if item else ())
+    return StageParams(_select(loaded, declared(stage, item, Path(path).with_name("dvc.yaml"))), stage)
 
 
 def train_config(params: dict, model: str) -> dict:

@@ -18,9 +18,6 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "metrics": "metrics/train/{model}.json",
         "history": "plots/train/{model}.csv",
         "steps": "plots/steps/{model}.csv",
-        # per-epoch snapshots for resuming an interrupted run: kept across runs (persist: true in
-        # dvc.yaml), outside git and the DVC cache
-        "resume": "models/{model}.resume.pt",
     },
     "evaluate": {
         "metrics": "metrics/test/{model}.json",
@@ -32,12 +29,11 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "figure": "plots/analysis/samples.png",
         "data": "metrics/data.json",
     },
+    # every analysis of the registry (cnnlab.analyze.ANALYSES) writes into these: a new analysis
+    # adds files inside the folders, never an output of its own
     "analyze": {
-        "figures": "plots/analysis/{model}",
-        "tsne": "plots/analysis/tsne/{model}.csv",
-        "noise": "plots/analysis/noise/{model}.csv",
-        "layers": "plots/analysis/layers/{model}.csv",
-        "mistakes": "plots/analysis/mistakes/{model}.csv",
+        "figures": "plots/analysis/{model}",    # <figure>.png, and folders of them (maps/, filters/)
+        "tables": "plots/tables/{model}",       # <table>.csv
         "metrics": "metrics/analysis/{model}.json",
     },
     # What DVC shows (dvc.yaml's metrics and plots): the report gathers every model of `models:`,
@@ -51,11 +47,16 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "model_scores": "metrics/models",
         "epochs": "plots/compare/epochs.csv",
         "steps": "plots/compare/steps.csv",
-        "noise_curves": "plots/compare/noise.csv",
         "confusion": "plots/compare/confusion.csv",
+        "tables": "plots/compare/tables",     # each plotted analysis table, every model in one file
         "figures": "plots/compare/figures",
     },
 }
+
+# Per-epoch snapshots of an unfinished fit, for resuming it (train.resume): not an output (a
+# finished stage never depends on one, so a clone that pulled the results is up to date), outside
+# git and the DVC cache, removed when the stage succeeds.
+RESUME = ".cnnlab/resume/{model}.pt"
 
 # Live per-epoch metrics of the model being trained (dvclive), for watching a run from outside; a log,
 # not an output: the train stage's outputs appear only when it succeeds.

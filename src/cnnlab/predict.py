@@ -101,5 +101,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cnnlab.outputs import run_stage
-    run_stage(main, sweep=False)
+    from cnnlab import stage
+    stage.run(main, sweep=False)

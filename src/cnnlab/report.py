@@ -15,13 +15,13 @@ from cnnlab import CnnlabError, paths
 READS = {
     "train": ("metrics", "history", "steps"),
     "evaluate": ("metrics", "per_class", "confusion"),
-    "analyze": ("metrics", "layers", "noise", "figures"),
+    "analyze": ("metrics", "tables", "figures"),
     "samples": ("data", "figure"),
 }
 
-# The analysis figures DVC shows side by side across runs (dvc plots diff), by their file in the
-# analyze stage's folder; "filters" is the last convolution's.
-COMPARED_FIGURES = ("gradcam.png", "tsne.png", "confused.png", "filters")
+# The analyses' own tables the report writes about; any other table (a new analysis's) is shown as
+# it is, and every figure at the top of a model's analysis folder is compared across runs.
+DESCRIBED_TABLES = ("layers", "noise", "tsne", "mistakes")
 
 SUMMARY_COLUMNS = {
     "model": "model", "parameters": "parameters", "epochs_run": "epochs", "best_val_loss": "best val loss",
@@ -57,12 +57,13 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
 
 
 def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
-    """Per model: the analyze stage's metrics, its layer table and its noise curve."""
+    """Per model: the analyze stage's metrics, every table it wrote (by name), its figures' folder."""
     found = {}
     for name in models:
         out = paths.outputs("analyze", name, root)
-        found[name] = {"metrics": _read_json(out.metrics), "layers": pd.read_csv(out.layers),
-                       "noise": pd.read_csv(out.noise), "figures": out.figures}
+        tables = {path.stem: pd.read_csv(path) for path in sorted(out.tables.glob("*.csv"))}
+        found[name] = {"metrics": _read_json(out.metrics), "tables": tables, "layers": tables.get("layers"),
+                       "noise": tables.get("noise"), "figures": out.figures}
     return found
 
 
@@ -79,15 +80,19 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
     scores: test accuracy of each model in one file, so `dvc exp show` puts them first; model_scores:
     the other few numbers people compare, one small file per model (`dvc metrics show` stays narrow).
     """
-    epochs, steps, noise, confusion, figures = [], [], [], [], {}
+    epochs, steps, confusion, figures = [], [], [], {}
+    tables: dict[str, list[dict]] = {}
     scores: dict = {"test": {}}
     model_scores: dict = {}
     for row in summary.itertuples():
         name, found = row.model, analysis[row.model]
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
-        curve = found["noise"]
-        noise += _rows(curve, name, ["noise", "accuracy"])
+        for table, plot in found["metrics"].get("plots", {}).items():  # what analyses declared plottable
+            frame = found["tables"][table]
+            tables.setdefault(table, []).extend(
+                {"model": name, "x": row[plot["x"]], "y": row[plot["y"]], plot["x"]: row[plot["x"]],
+                 plot["y"]: row[plot["y"]]} for row in frame.to_dict("records"))
         counts = pd.read_csv(paths.outputs("evaluate", name, root).confusion)
         counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
@@ -96,18 +101,18 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
             "f1": round(row.test_macro_f1, 4),
             "val_acc": round(row.val_accuracy, 4),
             "silhouette": round(found["metrics"]["silhouette"], 3),
-            "noisy": round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4),
             "train_s": round(row.train_seconds, 1),
         }
+        curve = found["noise"]
+        if curve is not None:
+            model_scores[name]["noisy"] = round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4)
+        for source in sorted(found["figures"].glob("*.png")):  # every analysis's own figures
+            figures[f"{name}_{source.name}"] = source
         last_conv = found["metrics"].get("last_conv")
-        for figure in COMPARED_FIGURES:
-            if figure == "filters" and not last_conv:
-                continue
-            source = found["figures"] / (f"filters/{last_conv}.png" if figure == "filters" else figure)
-            if source.is_file():
-                figures[f"{name}_{figure.removesuffix('.png')}.png"] = source
+        if last_conv and (found["figures"] / f"filters/{last_conv}.png").is_file():
+            figures[f"{name}_filters.png"] = found["figures"] / f"filters/{last_conv}.png"
     figures["samples.png"] = paths.outputs("samples", root=root).figure
-    return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "noise": noise,
+    return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "tables": tables,
             "confusion": confusion, "figures": figures}
 
 
@@ -118,7 +123,7 @@ def read_data_summary(root: Path = Path(".")) -> dict:
 def describe_model(name: str, found: dict) -> str:
     """A short paragraph written from the analysis numbers."""
     m, layers, noise = found["metrics"], found["layers"], found["noise"]
-    spatial = layers.dropna(subset=["image_likeness"])
+    spatial = layers.dropna(subset=["image_likeness"]) if layers is not None else pd.DataFrame()
     sentences = []
     if len(spatial):
         like = spatial[spatial["image_likeness"] >= 0.5]
@@ -146,6 +151,8 @@ def describe_model(name: str, found: dict) -> str:
         f"Its {m['feature_dim']}-d penultimate features separate the classes with a silhouette of "
         f"{m['silhouette']:.3f}, against {m['silhouette_pixels']:.3f} for the raw pixels of the same "
         f"{m['tsne_samples']} test images" + (f" ({ratio:.1f}x)." if ratio == ratio else "."))
+    if noise is None:
+        return " ".join(sentences)
     clean, worst = noise.iloc[0], noise.iloc[-1]
     sentences.append(
         f"Salt-and-pepper noise takes its accuracy from {clean['accuracy']:.2%} at {clean['noise']:g} to "
@@ -155,7 +162,7 @@ def describe_model(name: str, found: dict) -> str:
 
 
 def compare_models(analysis: dict) -> str:
-    if len(analysis) < 2:
+    if len(analysis) < 2 or any(found["noise"] is None for found in analysis.values()):
         return ""
     worst = {name: found["noise"].iloc[-1] for name, found in analysis.items()}
     level = next(iter(worst.values()))["noise"]
@@ -180,17 +187,19 @@ def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path("."))
     comparison = compare_models(analysis)
     if comparison:
         lines += [comparison, ""]
-    noise_table = pd.DataFrame({name: found["noise"].set_index("noise")["accuracy"].map(lambda v: f"{v:.2%}")
-                                for name, found in analysis.items()})
-    noise_table.insert(0, "noise", [f"{v:g}" for v in noise_table.index])
-    lines += ["Test accuracy under salt-and-pepper noise:", "", _markdown_table(noise_table), ""]
+    if all(found["noise"] is not None for found in analysis.values()):
+        noise_table = pd.DataFrame({name: found["noise"].set_index("noise")["accuracy"].map(lambda v: f"{v:.2%}")
+                                    for name, found in analysis.items()})
+        noise_table.insert(0, "noise", [f"{v:g}" for v in noise_table.index])
+        lines += ["Test accuracy under salt-and-pepper noise:", "", _markdown_table(noise_table), ""]
     for name, found in analysis.items():
         folder_path = found["figures"]
         folder = _link(folder_path, root)
         lines += [f"### {name}", "", describe_model(name, found), ""]
-        layer_rows = found["layers"].copy()
-        layer_rows["image_likeness"] = layer_rows["image_likeness"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-        lines += [_markdown_table(layer_rows.rename(columns={"image_likeness": "correlation with input"})), ""]
+        if found["layers"] is not None:
+            layer_rows = found["layers"].copy()
+            layer_rows["image_likeness"] = layer_rows["image_likeness"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            lines += [_markdown_table(layer_rows.rename(columns={"image_likeness": "correlation with input"})), ""]
         figures = sorted(p.name for p in (folder_path / "maps").glob("*.png"))
         lines += ["Feature maps, one row per class: " + ", ".join(
             f"[{f.removesuffix('.png')}]({folder}/maps/{f})" for f in figures) + ".", ""]
@@ -206,10 +215,28 @@ def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path("."))
         lines += [f"![{name} t-SNE]({folder}/tsne.png)", ""]
         if (folder_path / "confused.png").exists():
             lines += [f"![{name} most confident mistakes]({folder}/confused.png)", ""]
+        lines += other_findings(name, found, folder)
     if data:
         counts = pd.DataFrame(data["class_counts"])
         counts.insert(0, "class", data["classes"])
         lines += ["## Class counts used", "", _markdown_table(counts), ""]
+    return lines
+
+
+SHOWN_FIGURES = ("gradcam.png", "tsne.png", "confused.png")
+
+
+def other_findings(name: str, found: dict, folder: str, rows: int = 12) -> list[str]:
+    """What analyses the report does not describe in words wrote: their figures, their tables (the
+    first rows) and their numbers, shown as they are."""
+    lines = []
+    for figure in sorted(found["figures"].glob("*.png")):
+        if figure.name not in SHOWN_FIGURES:
+            lines += [f"![{name} {figure.stem}]({folder}/{figure.name})", ""]
+    for table, frame in found["tables"].items():
+        if table not in DESCRIBED_TABLES:
+            more = f" (first {rows} of {len(frame)} rows)" if len(frame) > rows else ""
+            lines += [f"Table {table}{more}:", "", _markdown_table(frame.head(rows).round(4)), ""]
     return lines
 
 

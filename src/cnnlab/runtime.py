@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnlab import CnnlabError
@@ -44,20 +44,20 @@ def pick_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> "torch.Generator":
-    """Seed every RNG a run touches; return a CPU generator for the shuffling order."""
+def seed_everything(seed: int, deterministic_kernels: bool = True) -> "torch.Generator":
+    """Seed every RNG a run touches; return a CPU generator for the shuffling order.
+
+    deterministic_kernels: ask torch for deterministic kernels (torch.use_deterministic_algorithms).
+    Same params and seed must give the same metrics; the kernels that differ from run to run are
+    GPU kernels (atomics in cuDNN, cuBLAS, scatter) and torch.compile's, so the train stage asks
+    on CUDA and under train.compile. The call also loads torch.compile's configuration, a
+    noticeable part of a small CPU stage's start-up (benchmarks/results/pipeline.md)."""
     import numpy as np
     import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Same params and seed must give the same metrics; on CUDA this costs a little speed. The public
-    # torch.use_deterministic_algorithms also imports torch._inductor to set its flag (1.3 s of a
-    # stage's start-up); the flag only matters to torch.compile, which sets it itself (train.compile).
-    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if set_flag is not None:
-        set_flag(True, warn_only=True)
-    else:
+    if deterministic_kernels:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -78,20 +78,6 @@ def device_name(device: "torch.device") -> str:
     return platform.processor() or platform.machine()
 
 
-def _torchvision_version() -> str:
-    """torchvision.__version__ without importing torchvision (about 1 s of a small stage's start-up):
-    its version.py holds the full string, CUDA tag included, which the package metadata lacks."""
-    import importlib.metadata
-    import importlib.util
-    import re
-    spec = importlib.util.find_spec("torchvision")
-    try:
-        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
-        return re.search(r"^__version__ = '([^']+)'", text, re.M).group(1)
-    except (AttributeError, OSError, TypeError):
-        return importlib.metadata.version("torchvision")
-
-
 def environment(device: "torch.device", seed: int) -> dict:
     import torch
     return {
@@ -99,7 +85,7 @@ def environment(device: "torch.device", seed: int) -> dict:
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "torchvision": _torchvision_version(),
+        "torchvision": importlib.metadata.version("torchvision"),
         "python": platform.python_version(),
         "seed": seed,
     }

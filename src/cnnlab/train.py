@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import CnnlabError, augment as augment_mod, distributed, timed
+from cnnlab import CnnlabError, augment as augment_mod, distributed, models, timed
 from cnnlab.batches import DeviceBudget, DeviceSplit
-from cnnlab.checkpoints import (IMAGENET_MEAN, IMAGENET_STD, adapt_pretrained, checkpoint, count_parameters,
-                                fetch_pretrained, is_pretrained_name, load_weights, pretrained_weights)
-from cnnlab.inference import autocast_dtype, head, score
-from cnnlab.models import build
+from cnnlab.checkpoints import (adapt_pretrained, checkpoint, count_parameters, fetch_pretrained,
+                                is_pretrained_name, load_weights, pretrained_weights)
+from cnnlab.inference import autocast_dtype, score
+from cnnlab.outputs import Result
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import check_memory, environment, pick_device, seed_everything
@@ -35,8 +35,9 @@ def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _imagenet(values: list[float], channels: int) -> list[float]:
-    return values if channels == 3 else [sum(values) / 3]
+def _gray_or_rgb(values: tuple[float, ...], channels: int) -> list[float]:
+    """Pretrained RGB normalisation, for RGB data or (averaged) for gray data."""
+    return list(values) if channels == 3 else [sum(values) / 3]
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -122,12 +123,13 @@ def training_augmentation(cfg: dict, device: torch.device, rank: int = 0):
 
 
 class Resume:
-    """Per-epoch snapshots of everything a fit depends on (weights, optimizer, schedule, every random
-    generator, early stopping, the history so far), so that an interrupted fit continues from its
-    last finished epoch and ends with the same weights as an uninterrupted one.
+    """Per-epoch snapshots of everything a fit depends on, so that an interrupted fit continues from
+    its last finished epoch and ends with the same weights as an uninterrupted one.
 
     A snapshot is used only if its fingerprint (the training params, the prepared data's description
-    and cnnlab's code) matches, and only while its fit is unfinished; written atomically each epoch.
+    and cnnlab's code) matches; written atomically each epoch, removed by the train stage once its
+    outputs are in place. It lives outside the pipeline's outputs (cnnlab.paths.RESUME), so a
+    finished stage never depends on it.
     """
 
     def __init__(self, path: Path, fingerprint: str):
@@ -140,48 +142,159 @@ class Resume:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # a snapshot cut short by a kill, or an old format: start afresh
             return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint or state.get("finished"):
-            return None
-        return state
+        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
 
     def save(self, state: dict) -> None:
         from cnnlab.outputs import write_atomically
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, lambda path: torch.save({**state, "fingerprint": self.fingerprint}, path))
 
-
-def _snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result, pass_seconds):
-    return {
-        "epoch": epoch,
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(),
-        "generators": [g.get_state() if g is not None else None for g in generators],
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "stopper": {"best_loss": stopper.best_loss, "best_epoch": stopper.best_epoch,
-                    "best_state": stopper.best_state, "waited": stopper.waited},
-        "history": result.history, "steps": result.steps, "pass_seconds": pass_seconds,
-        "stopped_early": result.stopped_early, "train_seconds": result.train_seconds,
-    }
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
-def _restore(state, model, optimizer, scheduler, scaler, generators, stopper, result) -> float:
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    for generator, saved in zip(generators, state["generators"]):
-        if generator is not None:
-            generator.set_state(saved)
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    stopper.__dict__.update(state["stopper"])
-    result.history, result.steps, result.stopped_early = state["history"], state["steps"], state["stopped_early"]
-    result.train_seconds = state["train_seconds"]
-    return state["pass_seconds"]
+class DataParallel:
+    """The data-parallel parts of a fit, one process (ranks == 1) or several under torchrun.
+
+    Every rank draws the same permutation and global batches of `train.batch_size` and takes its
+    part of each; DDP averages the gradients, each rank's loss being its sum scaled by ranks / global
+    batch size, so the average is the global batch's mean loss exactly as one process computes it.
+    Per-step losses and the early-stopping decision are reduced once per epoch; rank 0 reports."""
+
+    def __init__(self, rank: int, ranks: int):
+        self.rank, self.ranks = rank, ranks
+        self.lead = rank == 0
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if self.ranks == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float, global_size: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to backpropagate, the batch's loss to record: this rank's sum when several)."""
+        if self.ranks == 1:
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            return loss, loss.detach()
+        rank_sum = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="sum")
+        return rank_sum * (self.ranks / global_size), rank_sum.detach()
+
+    def reduce_epoch(self, step_loss: torch.Tensor, step_correct: torch.Tensor, step_size: torch.Tensor) -> None:
+        """In place: every rank's per-step sums added, the losses back to global means."""
+        if self.ranks > 1:
+            import torch.distributed as dist
+            dist.all_reduce(step_loss)
+            dist.all_reduce(step_correct)
+            step_loss /= step_size
+
+    def agree(self, stop: bool, device: torch.device) -> bool:
+        """The ranks hold the same numbers; rank 0's early-stopping decision is the one followed."""
+        if self.ranks == 1:
+            return stop
+        import torch.distributed as dist
+        decision = torch.tensor([int(stop)], device=device)
+        dist.broadcast(decision, 0)
+        return bool(decision.item())
+
+
+@dataclass
+class FitState:
+    """Everything a fit carries from epoch to epoch: what a resume snapshot holds."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    per_step: bool                     # the scheduler steps per batch, not per epoch
+    scaler: torch.amp.GradScaler
+    generators: tuple                  # the shuffling generator, the augmentation's (or None)
+    stopper: EarlyStopping
+    result: TrainResult = field(default_factory=TrainResult)
+    pass_seconds: float = 0.0          # training passes only, for images/s
+    epoch: int = 0                     # the last finished epoch
+
+    def snapshot(self) -> dict:
+        s = self.stopper
+        return {
+            "epoch": self.epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "generators": [g.get_state() if g is not None else None for g in self.generators],
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "stopper": {"best_loss": s.best_loss, "best_epoch": s.best_epoch, "best_state": s.best_state,
+                        "waited": s.waited},
+            "history": self.result.history, "steps": self.result.steps, "pass_seconds": self.pass_seconds,
+            "stopped_early": self.result.stopped_early, "train_seconds": self.result.train_seconds,
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        for generator, state in zip(self.generators, saved["generators"]):
+            if generator is not None:
+                generator.set_state(state)
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"]:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        for key, value in saved["stopper"].items():
+            setattr(self.stopper, key, value)
+        self.result.history, self.result.steps = saved["history"], saved["steps"]
+        self.result.stopped_early, self.result.train_seconds = saved["stopped_early"], saved["train_seconds"]
+        self.pass_seconds, self.epoch = saved["pass_seconds"], saved["epoch"]
+
+
+def batch_sizes(images: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The size of every global batch of an epoch: all full but the last."""
+    steps = -(-images // batch_size)
+    sizes = torch.full((steps,), batch_size, device=device, dtype=torch.long)
+    sizes[-1] = images - (steps - 1) * batch_size
+    return sizes
+
+
+def train_epoch(step_model: nn.Module, state: FitState, train: DeviceSplit, cfg: dict, sizes: torch.Tensor,
+                parallel: DataParallel, augment, dtype, desc: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """One pass over the training split: (loss and correct count of every step, on the device: no
+    host sync inside the step; the learning rate of every step)."""
+    step_model.train()
+    device, steps, global_sizes = sizes.device, len(sizes), sizes.tolist()
+    step_loss = torch.zeros(steps, device=device)
+    step_correct = torch.zeros(steps, device=device, dtype=torch.long)
+    step_lr = []
+    batches = train.batches(cfg["batch_size"], state.generators[0], augment, shard=(parallel.rank, parallel.ranks))
+    bar = tqdm(batches, total=steps, leave=False, mininterval=1.0, desc=desc,
+               disable=not (cfg["progress"] and parallel.lead))
+    for i, (x, y) in enumerate(bar):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = step_model(x)  # autocast runs the loss itself in fp32
+            loss, recorded = parallel.loss(logits, y, cfg["label_smoothing"], global_sizes[i])
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        step_lr.append(state.optimizer.param_groups[0]["lr"])
+        if state.per_step:
+            state.scheduler.step()
+        step_loss[i] = recorded
+        step_correct[i] = (logits.detach().argmax(1) == y).sum()
+    parallel.reduce_epoch(step_loss, step_correct, sizes)
+    return step_loss, step_correct, step_lr
+
+
+def record_epoch(result: TrainResult, epoch: int, step_loss: torch.Tensor, step_correct: torch.Tensor,
+                 step_lr: list[float], sizes: torch.Tensor, lr: float) -> dict:
+    """Append every step to the history; return the epoch's training numbers."""
+    images = int(sizes.sum())
+    for i, (batch_loss, batch_correct, batch_size) in enumerate(
+            zip(step_loss.tolist(), step_correct.tolist(), sizes.tolist())):
+        result.steps.append({"step": (epoch - 1) * len(sizes) + i + 1, "epoch": epoch, "loss": batch_loss,
+                             "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
+    return {"epoch": epoch, "train_loss": (step_loss * sizes).sum().item() / images,
+            "train_accuracy": step_correct.sum().item() / images}
 
 
 def _check_finite(label: str, epoch: int, step_loss: torch.Tensor, val_loss: float) -> None:
@@ -197,125 +310,81 @@ def _check_finite(label: str, epoch: int, step_loss: torch.Tensor, val_loss: flo
                           f"lower the learning rate or check the data")
 
 
+def start_fit(model: nn.Module, cfg: dict, steps: int, dtype, generators: tuple) -> FitState:
+    optimizer = make_optimizer(model, cfg)
+    scheduler, per_step = make_scheduler(optimizer, cfg, steps)
+    # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (scaler disabled)
+    scaler = torch.amp.GradScaler(next(model.parameters()).device.type, enabled=dtype == torch.float16)
+    return FitState(model, optimizer, scheduler, per_step, scaler, generators, EarlyStopping(cfg["patience"]))
+
+
 def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, generator: torch.Generator,
         label: str = "", on_epoch: Callable[[dict], None] | None = None, resume: Resume | None = None,
         shard: tuple[int, int] = (0, 1)) -> TrainResult:
-    """Train with early stopping; `on_epoch` receives each epoch's record as soon as it is known
-    (the train stage logs it live with dvclive); `resume` snapshots every epoch and continues from
-    the last snapshot of an interrupted fit.
-
-    `shard=(rank, ranks)` with ranks > 1: data-parallel under torchrun. Every rank draws the same
-    permutation and global batches of `train.batch_size` and takes its part of each; DDP averages
-    the gradients, each rank's loss being its sum scaled by ranks / global batch size, so the
-    average is the global batch's mean loss exactly as one process computes it. Per-step losses,
-    validation and the early-stopping decision are reduced across ranks; rank 0 reports."""
-    rank, ranks = shard
-    lead = rank == 0
-    optimizer = make_optimizer(model, cfg)
-    steps = train.num_batches(cfg["batch_size"])
-    scheduler, per_step = make_scheduler(optimizer, cfg, steps)
-    stopper = EarlyStopping(cfg["patience"])
-    result = TrainResult()
+    """Train with early stopping on validation loss, the best epoch's weights restored. `on_epoch`
+    receives each epoch's record as soon as it is known (the train stage logs it live); `resume`
+    snapshots every epoch and continues an interrupted fit; `shard=(rank, ranks)`: data-parallel."""
     device = train.labels.device
     dtype = autocast_dtype(cfg["precision"], device)
-    # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (scaler disabled)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augment, augment_generator = training_augmentation(cfg, device, rank)
-    generators = (generator, augment_generator)
-    # torch.compile pays a compile time up front for faster steps; the original module is kept for
-    # validation, early-stopping copies and the checkpoint (its state-dict keys stay plain)
-    step_model = model
-    if ranks > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:  # inductor's own determinism flag (seed_everything sets only the eager one)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    parallel = DataParallel(*shard)
+    augment, augment_generator = training_augmentation(cfg, device, parallel.rank)
+    state = start_fit(model, cfg, train.num_batches(cfg["batch_size"]), dtype, (generator, augment_generator))
+    # the module that steps may be wrapped (DDP) and compiled; validation, the early-stopping copies
+    # and the checkpoint use the plain one (its state-dict keys stay plain)
+    step_model = parallel.wrap(model, device)
+    if cfg["compile"]:
         step_model = torch.compile(step_model)
-    # every batch is full but the last: its size is known before the epoch, not recorded per step
-    step_size = torch.full((steps,), cfg["batch_size"], device=device, dtype=torch.long)
-    step_size[-1] = len(train) - (steps - 1) * cfg["batch_size"]
-    global_sizes = step_size.tolist()
-    start = time.perf_counter()
-    pass_seconds, first_epoch = 0.0, 1
+    sizes = batch_sizes(len(train), cfg["batch_size"], device)
     saved = resume.load() if resume is not None else None
     if saved is not None:
-        pass_seconds = _restore(saved, model, optimizer, scheduler, scaler, generators, stopper, result)
-        first_epoch = cfg["epochs"] + 1 if result.stopped_early else saved["epoch"] + 1
+        state.restore(saved)
         if cfg["progress"]:
-            print(f"{label}: resuming after epoch {saved['epoch']} (train.resume)", flush=True)
-    for epoch in range(first_epoch, cfg["epochs"] + 1):
-        step_model.train()
-        epoch_start = time.perf_counter()
-        # per-batch loss and accuracy stay on the device (no host sync inside the step)
-        step_loss = torch.zeros(steps, device=device)
-        step_correct = torch.zeros(steps, device=device, dtype=torch.long)
-        step_lr = []
-        bar = tqdm(train.batches(cfg["batch_size"], generator, augment, shard=shard), total=steps, leave=False,
-                   mininterval=1.0, desc=f"{label} epoch {epoch}/{cfg['epochs']}",
-                   disable=not (cfg["progress"] and lead))
-        for i, (x, y) in enumerate(bar):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = step_model(x)
-                # autocast runs the loss itself in fp32
-                if ranks == 1:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
-                else:  # this rank's sum; DDP's mean over ranks then equals the global batch's mean
-                    rank_sum = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"], reduction="sum")
-                    loss = rank_sum * (ranks / global_sizes[i])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step_lr.append(optimizer.param_groups[0]["lr"])
-            if per_step:
-                scheduler.step()
-            step_loss[i] = loss.detach() if ranks == 1 else rank_sum.detach()
-            step_correct[i] = (logits.detach().argmax(1) == y).sum()
-        if ranks > 1:  # one reduction per epoch, not per step: the global per-step losses
-            import torch.distributed as dist
-            dist.all_reduce(step_loss)
-            dist.all_reduce(step_correct)
-            step_loss /= step_size
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None and not per_step:
-            scheduler.step()
-        train_loss = (step_loss * step_size).sum().item() / len(train)
-        train_acc = step_correct.sum().item() / len(train)
-        for i, (batch_loss, batch_correct, batch_size) in enumerate(
-                zip(step_loss.tolist(), step_correct.tolist(), step_size.tolist())):
-            result.steps.append({"step": (epoch - 1) * steps + i + 1, "epoch": epoch, "loss": batch_loss,
-                                 "accuracy": batch_correct / batch_size, "lr": step_lr[i]})
-        pass_seconds += time.perf_counter() - epoch_start
+            print(f"{label}: resuming after epoch {state.epoch} (train.resume)", flush=True)
+    clock = time.perf_counter()
+    for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
+        if state.result.stopped_early:
+            break  # resumed from the epoch that stopped it
+        started = time.perf_counter()
+        step_loss, step_correct, step_lr = train_epoch(step_model, state, train, cfg, sizes, parallel, augment,
+                                                       dtype, f"{label} epoch {epoch}/{cfg['epochs']}")
+        lr = state.optimizer.param_groups[0]["lr"]
+        if state.scheduler is not None and not state.per_step:
+            state.scheduler.step()
+        record = record_epoch(state.result, epoch, step_loss, step_correct, step_lr, sizes, lr)
+        state.pass_seconds += time.perf_counter() - started
         val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype, shard)
-        result.history.append({
-            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-            "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-            "seconds": time.perf_counter() - epoch_start,
-        })
+        record.update(val_loss=val_loss, val_accuracy=val_acc, lr=lr, seconds=time.perf_counter() - started)
+        state.result.history.append(record)
         _check_finite(label or "model", epoch, step_loss, val_loss)
-        result.stopped_early = stopper.update(epoch, val_loss, model)
-        if ranks > 1:  # the ranks hold the same numbers; rank 0's decision is the one followed
-            decision = torch.tensor([int(result.stopped_early)], device=device)
-            dist.broadcast(decision, 0)
-            result.stopped_early = bool(decision.item())
-        result.train_seconds += time.perf_counter() - start
-        start = time.perf_counter()
+        state.result.stopped_early = parallel.agree(state.stopper.update(epoch, val_loss, model), device)
+        state.result.train_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
+        state.epoch = epoch
         if resume is not None:  # before anything is reported: a reported epoch is a saved one
-            resume.save(_snapshot(epoch, model, optimizer, scheduler, scaler, generators, stopper, result,
-                                  pass_seconds))
-        if on_epoch is not None and lead:
-            on_epoch(result.history[-1])
-        if cfg["progress"] and lead:
-            print(f"{label} epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                  f"val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
-        if result.stopped_early:
-            break
-    result.train_seconds += time.perf_counter() - start
-    stopper.restore(model)
+            resume.save(state.snapshot())
+        if parallel.lead:
+            report_epoch(record, label, cfg["progress"], on_epoch)
+    return finish_fit(state, len(train), clock)
+
+
+def report_epoch(record: dict, label: str, progress: bool, on_epoch: Callable[[dict], None] | None) -> None:
+    if on_epoch is not None:
+        on_epoch(record)
+    if progress:
+        print(f"{label} epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
+              f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}",
+              flush=True)
+
+
+def finish_fit(state: FitState, images: int, clock: float) -> TrainResult:
+    """The best epoch's weights back in the model; the fit's summary numbers."""
+    result = state.result
+    result.train_seconds += time.perf_counter() - clock
+    state.stopper.restore(state.model)
     result.epochs_run = len(result.history)
-    result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best_loss
-    result.val_accuracy = result.history[stopper.best_epoch - 1]["val_accuracy"]
-    result.images_per_second = result.epochs_run * len(train) / pass_seconds
+    result.best_epoch, result.best_val_loss = state.stopper.best_epoch, state.stopper.best_loss
+    result.val_accuracy = result.history[state.stopper.best_epoch - 1]["val_accuracy"]
+    result.images_per_second = result.epochs_run * images / state.pass_seconds
     return result
 
 
@@ -336,28 +405,32 @@ def fingerprint(name: str, cfg: dict, options: dict, prepared_dir: Path) -> str:
 
 
 def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[[dict], None] | None = None,
-                resume_path: Path | None = None) -> tuple[dict, dict, list[dict], list[dict]]:
-    """Train one model from params; return (checkpoint, metrics, per-epoch history, per-step history).
-    With `resume_path` (and train.resume on), every epoch is snapshotted there and an interrupted
-    fit of the same params, data and code continues from its last snapshot."""
+                resume_path: Path | None = None) -> Result:
+    """Train one model from params; return its checkpoint, metrics, per-epoch and per-step history
+    by output role. With `resume_path` (and train.resume on), every epoch is snapshotted there and
+    an interrupted fit of the same params, data and code continues from its last snapshot."""
     cfg, options = train_config(params, name), model_kwargs(params, name)
+    spec = models.spec(name)
     device = pick_device(cfg["device"])
     ranks = distributed.world_size()
     if ranks > 1:  # under torchrun: join the others (this rank's GPU on CUDA)
         device = distributed.init(device.type)
-    generator = seed_everything(cfg["seed"])
+    generator = seed_everything(cfg["seed"], deterministic_kernels=device.type != "cpu" or cfg["compile"])
     data = load_prepared(prepared_dir, ("train", "val"))
     info = data["info"]
+    if info["image_size"] < spec.min_image_size:
+        raise CnnlabError(f"params.yaml: data.image_size {info['image_size']} is too small for {name} (it needs "
+                          f"at least {spec.min_image_size} pixels); raise data.image_size or train another model")
     shape = (info["channels"], len(info["classes"]), info["image_size"])
     with torch.device("meta"):  # the architecture without its memory: count before allocating
-        parameters = count_parameters(build(name, *shape, **options))
+        parameters = count_parameters(spec.build(*shape, **options))
     # weights, gradients, two Adam moments and the best epoch's copy: five float32 copies
     check_memory(parameters * 4 * 5, f"{name} with {parameters:,} parameters", device)
-    model = build(name, *shape, **options)
-    pretrained = is_pretrained_name(cfg["weights"])
-    if pretrained:  # torchvision's ImageNet weights, normalised as they were trained
+    model = spec.build(*shape, **options)
+    if is_pretrained_name(cfg["weights"]):  # torchvision's weights, normalised as they were trained
         kept = adapt_pretrained(model, fetch_pretrained(pretrained_weights(name, cfg["weights"])))
-        info = {**info, "mean": _imagenet(IMAGENET_MEAN, info["channels"]), "std": _imagenet(IMAGENET_STD, info["channels"])}
+        info = {**info, "mean": _gray_or_rgb(spec.pretrained_mean, info["channels"]),
+                "std": _gray_or_rgb(spec.pretrained_std, info["channels"])}
         if cfg["progress"]:
             print(f"{name}: ImageNet weights loaded; trained from scratch: {', '.join(kept) or 'nothing'}", flush=True)
     elif cfg["weights"]:
@@ -367,8 +440,8 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
             raise CnnlabError("params.yaml: train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on "
                               "GPUs only); set it to false for processes on a CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg["freeze"]:  # train the head only
-        head_parameters = set(map(id, head(model).parameters()))
+    if cfg["freeze"]:  # train the declared head only
+        head_parameters = set(map(id, model.get_submodule(spec.head).parameters()))
         for parameter in model.parameters():
             parameter.requires_grad_(id(parameter) in head_parameters)
     model = model.to(device)
@@ -405,4 +478,6 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "env": environment(device, cfg["seed"]),
     }
     trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return checkpoint(name, model, options, info, trained_in), metrics, result.history, result.steps
+    saved = checkpoint(name, model, options, info, trained_in)
+    return Result(json={"metrics": metrics}, tables={"history": result.history, "steps": result.steps},
+                  files={"checkpoint": lambda path: torch.save(saved, path)})

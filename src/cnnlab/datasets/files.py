@@ -78,23 +78,12 @@ def download(urls: list[str], filename: str, md5: str | None, workdir: Path, wha
 
 
 def torchvision_attribute(module: str, cls: str, attribute: str):
-    """A class attribute of torchvision.datasets.<module>.<cls> (file lists, checksums, mirrors,
-    class names), read from torchvision's source rather than imported: importing torchvision.datasets
-    imports all of torchvision (1.5-3 s, most of a download or prepare stage). Falls back to the
-    import where the attribute is inherited or not a literal. A test checks both ways agree."""
-    import ast
-    import importlib.util
-    try:
-        package = Path(importlib.util.find_spec("torchvision").submodule_search_locations[0])
-        tree = ast.parse((package / "datasets" / f"{module}.py").read_text())
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef) and node.name == cls:
-                for item in node.body:
-                    targets = item.targets if isinstance(item, ast.Assign) else \
-                        [item.target] if isinstance(item, ast.AnnAssign) and item.value is not None else []
-                    if any(isinstance(t, ast.Name) and t.id == attribute for t in targets):
-                        return ast.literal_eval(item.value)
-    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
-        pass
+    """A class attribute of torchvision.datasets.<cls> (file lists, checksums, mirrors, class names):
+    torchvision's own, through its public classes. (`module` names the torchvision module that
+    defines the class, for the message of a torchvision without it.)"""
     import torchvision.datasets
-    return getattr(getattr(torchvision.datasets, cls), attribute)
+    try:
+        return getattr(getattr(torchvision.datasets, cls), attribute)
+    except AttributeError:
+        raise CnnlabError(f"torchvision {torchvision.__version__} has no datasets.{cls}.{attribute} "
+                          f"(torchvision/datasets/{module}.py); install the version in requirements.lock") from None

@@ -1,0 +1,24 @@
+"""A small CNN: the CNN of the MLP-vs-CNN study."""
+
+from torch import nn
+
+from cnnlab.layers import Dropout
+from cnnlab.models import ModelSpec
+
+
+def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: Dropout = 0.25) -> nn.Module:
+    """Two 3x3 conv blocks (16, 32 channels) with max-pooling, then a 128-unit hidden layer.
+
+    Each block pools before its ReLU (the same values, a quarter of the ReLU's work: see
+    cnnlab.layers.textbook_order), so Grad-CAM reads the ReLU that ends the last block."""
+    pooled = image_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * pooled * pooled, 128), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(128, num_classes),
+    )
+
+
+spec = ModelSpec(build=cnn, head="10", attribution_layer="5", min_image_size=4)

@@ -1,0 +1,25 @@
+"""LeNet-5-like: the network of the LeNet-with-hooks study."""
+
+from torch import nn
+
+from cnnlab.models import ModelSpec
+
+
+def lenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """conv6 5x5 and conv16 5x5 with max-pooling, then fc120 and fc84 (ReLU throughout).
+
+    The first conv pads by 2 so a 28x28 digit sees the 32x32 field LeNet-5 was designed for."""
+    after_conv2 = (image_size // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(6, 16, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * after_conv2 * after_conv2, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+
+
+# Grad-CAM on the ReLU ending the second block (16 maps of 5x5 on MNIST); the 5x5 conv needs
+# images of at least 12 pixels to leave one
+spec = ModelSpec(build=lenet, head="11", attribution_layer="5", min_image_size=12)
