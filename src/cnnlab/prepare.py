@@ -15,26 +15,26 @@ import torch
 from cnnlab import CnnlabError, timed
 
 
-def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str):
+def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str, names=None):
     """A seeded random `n` images with every class in its proportion, kept in their original order.
     (Never the first n: a folder lists its images class by class, so those would be a few classes.)"""
     if n > len(labels):
         raise CnnlabError(f"params.yaml: {what} is {n} but the dataset has only {len(labels)} images")
     if n == len(labels):
         return images, labels
-    keep, _ = stratified_split(labels, len(labels) - n, seed, what)
+    keep, _ = stratified_split(labels, len(labels) - n, seed, what, names)
     return images[keep], labels[keep]
 
 
 def per_class_sample(images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int,
-                     seed: int):
+                     seed: int, names=None):
     """`per_class` images of every class, drawn at random (seeded), kept in their original order."""
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for cls in range(num_classes):
         members = torch.nonzero(labels == cls).flatten()
         if len(members) < per_class:
-            raise CnnlabError(f"params.yaml: prepare.samples_per_class is {per_class} but class {cls} "
+            raise CnnlabError(f"params.yaml: prepare.samples_per_class is {per_class} but class {name_of(cls, names)} "
                               f"has only {len(members)} training images")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     index = torch.cat(chosen).sort().values
@@ -59,12 +59,35 @@ def thin_classes(images: torch.Tensor, labels: torch.Tensor, fractions: dict[int
     return images[keep], labels[keep]
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int, what: str | None = None):
+def name_of(cls: int, names=None) -> str:
+    """A class as the user knows it: its name (a folder's name for the user's own images), else its index."""
+    return repr(str(names[cls])) if names is not None and 0 <= cls < len(names) else str(cls)
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int, what: str | None = None,
+                     names=None):
     """Index tensors (kept, split off) with each class in the same proportion in both parts.
-    val_fraction: a fraction of the images, or (an int) an exact number of images to split off."""
+    val_fraction: a fraction of the images, or (an int) an exact number of images to split off.
+    A class too small to split, or a split smaller than the number of classes, stops with one line
+    naming the class by its name (`names`)."""
+    import math
+
     from sklearn.model_selection import train_test_split  # here, not at the top: only prepare splits
     everything = torch.arange(len(labels))
     what = what or ("prepare.val_size" if isinstance(val_fraction, int) else "prepare.val_fraction")
+    counts = torch.bincount(labels) if len(labels) else torch.zeros(0, dtype=torch.long)
+    lone = torch.nonzero(counts == 1).flatten().tolist()
+    if lone:
+        more = f" (and {len(lone) - 1} more class{'es' * (len(lone) > 2)})" if len(lone) > 1 else ""
+        raise CnnlabError(f"prepare: cannot split {len(labels)} images by class ({what}): class "
+                          f"{name_of(lone[0], names)}{more} has only 1 image, and each class needs at least 2 "
+                          f"(one on each side); add images of it")
+    present = int((counts > 0).sum())
+    taken = val_fraction if isinstance(val_fraction, int) else math.ceil(val_fraction * len(labels))
+    if 0 < len(labels) and (taken < present or len(labels) - taken < present):
+        raise CnnlabError(f"params.yaml: {what} splits {len(labels)} images into {len(labels) - taken} and {taken}, "
+                          f"but each part needs an image of each of the {present} classes; change {what} "
+                          f"(or add images)")
     try:
         train_idx, val_idx = train_test_split(
             everything.numpy(), test_size=val_fraction, random_state=seed, stratify=labels.numpy())
@@ -141,11 +164,41 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
     return torch.bincount(labels, minlength=num_classes).tolist()
 
 
-def carve(data: tuple, fraction: float, seed: int, what: str) -> tuple[tuple, tuple]:
+def carve(data: tuple, fraction: float, seed: int, what: str, names=None) -> tuple[tuple, tuple]:
     """Split a dataset that comes as one set: (the rest, a seeded stratified `fraction`)."""
     images, labels = data
-    rest, carved = stratified_split(labels, fraction, seed, what)
+    rest, carved = stratified_split(labels, fraction, seed, what, names)
     return (images[rest], labels[rest]), (images[carved], labels[carved])
+
+
+def check_distinct(before: list[int], after: list[int], classes) -> None:
+    """A class that exact-duplicate removal left with fewer than 2 training images (every image a copy
+    of one, or of test images) cannot be split or learned: say so, by the class's name."""
+    for cls, (had, kept) in enumerate(zip(before, after)):
+        if kept < 2 and kept < had:
+            raise CnnlabError(f"prepare: class {name_of(cls, classes)} has {had} training images but {kept} left after "
+                              f"dropping exact duplicates ({had - kept} copies of another of its images or of a test "
+                              f"image): a class needs at least 2 distinct images; replace the copies with different "
+                              f"images of it")
+
+
+def data_card(splits: dict, classes, found: dict, before: list[int], deduplicated: list[int],
+              duplicates: dict) -> dict:
+    """What download found and did (`found`: the folder dataset's manifest card; empty for the
+    published datasets) and what prepare did: per class, the images found in each split folder and
+    those kept in each split; the exact duplicates dropped (per class too); images resized."""
+    card = dict(found)
+    images = splits["train"][0]
+    side = int(images.shape[-1])
+    if "sizes" in found:  # every image not already side x side was resized
+        total = sum(sum(per_split.values()) for per_split in found.get("found", {}).values())
+        card["resized"] = total - int(found["sizes"].get("square", {}).get(str(side), 0))
+    card["image_size"], card["channels"] = side, int(images.shape[1])
+    card["duplicates_dropped"] = {**duplicates, "per_class": {
+        str(classes[c]): had - kept for c, (had, kept) in enumerate(zip(before, deduplicated)) if had > kept}}
+    counts = {name: class_counts(splits[name][1], len(classes)) for name in ("train", "val", "test")}
+    card["classes"] = {str(name): {split: counts[split][c] for split in counts} for c, name in enumerate(classes)}
+    return card
 
 
 def check_classes(train_labels: torch.Tensor, other: dict[str, torch.Tensor], classes) -> None:
@@ -160,29 +213,35 @@ def check_classes(train_labels: torch.Tensor, other: dict[str, torch.Tensor], cl
                               f"of it; use more training images or a balanced subset (prepare.samples_per_class)")
 
 
-def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options: dict, val: tuple | None = None
-            ) -> dict:
+def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options: dict, val: tuple | None = None,
+            card: dict | None = None) -> dict:
     """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}.
     test None: the dataset comes as one set, and a seeded stratified `prepare.test_fraction` of it
-    becomes the test split; val given: the dataset's own validation split, used instead of carving one."""
+    becomes the test split; val given: the dataset's own validation split, used instead of carving one.
+    card: what download found and did (default: the card `classes` carries, see ClassNames), extended
+    into info['card'] (see data_card)."""
     if test is None:
-        train, test = carve(train, options["test_fraction"], options["seed"], "prepare.test_fraction")
+        train, test = carve(train, options["test_fraction"], options["seed"], "prepare.test_fraction", classes)
     check_shapes(train[0], test[0])
     (train_x, train_y), duplicates = drop_duplicates(train, test)
+    before, deduplicated = class_counts(train[1], len(classes)), class_counts(train_y, len(classes))
+    check_distinct(before, deduplicated, classes)
     test_x, test_y = test
     if options["train_size"] is not None:
         train_x, train_y = stratified_subset(train_x, train_y, options["train_size"], options["seed"],
-                                             "prepare.train_size")
+                                             "prepare.train_size", classes)
     elif options["samples_per_class"] is not None:
         train_x, train_y = per_class_sample(train_x, train_y, options["samples_per_class"], len(classes),
-                                            options["seed"])
+                                            options["seed"], classes)
     train_x, train_y = thin_classes(train_x, train_y, options.get("class_fraction") or {}, len(classes),
                                     options["seed"])
     if options["test_size"] is not None:
-        test_x, test_y = stratified_subset(test_x, test_y, options["test_size"], options["seed"], "prepare.test_size")
+        test_x, test_y = stratified_subset(test_x, test_y, options["test_size"], options["seed"], "prepare.test_size",
+                                           classes)
     if val is None:
         (train_x, train_y), val = carve((train_x, train_y), options.get("val_size") or options["val_fraction"],
-                                        options["seed"], "prepare.val_size" if options.get("val_size") else None)
+                                        options["seed"], "prepare.val_size" if options.get("val_size") else None,
+                                        classes)
     check_classes(train_y, {"validation": val[1], "test": test_y}, classes)
     splits = {
         "train": (train_x.contiguous(), train_y.contiguous()),
@@ -202,6 +261,8 @@ def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options:
         "class_counts": {name: class_counts(splits[name][1], len(classes)) for name in ("train", "val", "test")},
         "duplicates_dropped": duplicates,
     }
+    splits["info"]["card"] = data_card(splits, classes, card if card is not None else getattr(classes, "card", {}),
+                                       before, deduplicated, duplicates)
     return splits
 
 

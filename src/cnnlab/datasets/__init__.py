@@ -20,6 +20,17 @@ class DatasetSpec:
     meta: dict = field(default_factory=dict)  # what the format module needs (file lists, checksums)
 
 
+class ClassNames(tuple):
+    """A dataset's class names, carrying the data card of its files (what download found and did:
+    files skipped, images turned or converted, ...), which prepare extends into its own."""
+    card: dict
+
+    def __new__(cls, names, card: dict | None = None):
+        self = super().__new__(cls, names)
+        self.card = dict(card or {})
+        return self
+
+
 DATASETS: dict[str, DatasetSpec] = {}
 
 

@@ -1,11 +1,20 @@
 """The user's own images. `data.path` holds either `train/<class>/*` (with `test/<class>/*` and
-`val/<class>/*` when the user has them), or just `<class>/*`; prepare carves whatever split is
-missing (seeded and stratified: `prepare.test_fraction`, `prepare.val_fraction`).
+`val/<class>/*` when the user has them; `valid/` or `validation/` count as val/, and the split
+folders' names may be in any case), or just `<class>/*`; prepare carves whatever split is missing
+(seeded and stratified: `prepare.test_fraction`, `prepare.val_fraction`).
 
 `download` checks every image's header and copies the files, as torchvision's ImageFolder would
 find them, into `data/raw/folder/<split>/<class>/` (`all/` for a plain class tree), so that DVC tracks
 their content; `prepare` decodes each one once, on every core, resized to `data.image_size`:
 grayscale when every image is grayscale, RGB otherwise.
+
+Folders as users really have them: hidden and system entries (`.git/`, `.ipynb_checkpoints/`,
+`__MACOSX/`, `.DS_Store`, `._*` AppleDouble files, `Thumbs.db`, `desktop.ini`) are neither classes
+nor images; GIF, HEIC, SVG and camera raw files are skipped and counted (and named when a class has
+nothing else); images are turned upright by their EXIF orientation; transparency is flattened onto
+white; palette, CMYK, 16-bit and multi-page images are converted (the first page used). What was
+found and done goes into manifest.json's `card` (download), which prepare extends into its data
+card (info.json).
 """
 
 from __future__ import annotations
@@ -13,59 +22,169 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab import CnnlabError
-from cnnlab.datasets import DatasetSpec
+from cnnlab.datasets import ClassNames, DatasetSpec
 from cnnlab.datasets.files import downloaded, place
 from cnnlab.runtime import check_memory
 
 SPLITS = ("train", "val", "test")
+# the folder names each split goes by (compared in lower case): Kaggle and Roboflow export valid/,
+# Keras tutorials validation/
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 MIN_SIDE = 8  # smaller images hold too little to learn from: refused, never blown up
 MANIFEST = "manifest.json"
 # the suffixes torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# never a class and never an image: what zip tools, Macs, Windows, NAS boxes, Jupyter and git leave
+# beside the images (besides every name starting with a dot: .git/, .DS_Store, ._photo.jpg)
+SYSTEM_NAMES = frozenset({"__macosx", "__pycache__", "@eadir", "$recycle.bin", "system volume information",
+                          "lost+found", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+# image files cnnlab does not read: skipped and counted, and named when a class holds nothing else
+UNSUPPORTED = {".gif": "gif", ".heic": "heic", ".heif": "heic", ".svg": "svg",
+               **dict.fromkeys((".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2"), "camera_raw")}
+UNSUPPORTED_HINT = {
+    "gif": ("GIF", "GIF is not supported (animated or not): convert them to PNG"),
+    "heic": ("HEIC/HEIF", "HEIC is not supported: convert them to JPEG"),
+    "svg": ("SVG", "SVG is a drawing, not pixels: render them to PNG"),
+    "camera_raw": ("camera raw", "camera raw is not supported: export them as JPEG or PNG"),
+}
+SKIP_REASONS = ("hidden", "not_images", "outside_class_folders", *UNSUPPORTED_HINT)
+ORIENTATION = 0x0112  # the EXIF tag; values 2..8 need a flip or a turn (1 is upright)
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+GRAYSCALE_MODES = ("1", "L", "LA", "La", *HIGH_BIT_MODES)
+MAX_LISTED = 50  # ignored folders named in the card at most
 
 
-def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]], int]:
-    """Class names, (file, class index) and the number of files skipped as not images, as torchvision's ImageFolder finds them (its class
-    folders and image extensions), but walked without following folder links: a link back into the
-    tree would list images twice, and train and test could share them. A linked folder, or a linked
-    file that leads outside the split's folder, stops with its path."""
-    import os
+def hidden(name: str) -> bool:
+    """A hidden or system file or folder: never a class, never an image."""
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a file inside a class folder is not read as an image, or None when it is."""
+    if hidden(name):
+        return "hidden"
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    return UNSUPPORTED.get(suffix, "not_images")
+
+
+@dataclass
+class Listing:
+    """One split folder as torchvision's ImageFolder finds it (its class folders and image suffixes),
+    less hidden and system entries."""
+    classes: list[str]
+    files: list[tuple[str, int]]  # (path, class index)
+    skipped: Counter = field(default_factory=Counter)  # reason -> files
+    ignored: list[str] = field(default_factory=list)  # hidden and system folders, relative to the split
+
+
+def _only_unsupported(where: Path, counts: Counter) -> CnnlabError | None:
+    kinds = [kind for kind in UNSUPPORTED_HINT if counts[kind]]
+    if not kinds:
+        return None
+    found = " and ".join(f"{counts[kind]} {UNSUPPORTED_HINT[kind][0]} file{'s' * (counts[kind] > 1)}" for kind in kinds)
+    return CnnlabError(f"{where}: holds only {found}, no image cnnlab reads; "
+                       + "; ".join(UNSUPPORTED_HINT[kind][1] for kind in kinds))
+
+
+def list_images(split_dir: Path) -> Listing:
+    """The classes and images of one split folder, walked without following folder links: a link back
+    into the tree would list images twice, and train and test could share them. A linked folder, or a
+    linked file that leads outside the split's folder, stops with its path; so does a class folder
+    without images."""
     if not split_dir.is_dir():
         raise CnnlabError(f"{split_dir}: missing; data.path must hold train/<class>/ and test/<class>/ folders")
     root = split_dir.resolve()
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
-    if not classes:
+    listing = Listing([], [])
+    loose = 0
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if hidden(entry.name):
+            if entry.is_dir():
+                listing.ignored.append(entry.name)
+            else:
+                listing.skipped["hidden"] += 1
+        elif entry.is_dir():
+            listing.classes.append(entry.name)
+        else:
+            reason = skip_reason(entry.name)
+            loose += reason is None
+            listing.skipped[reason or "outside_class_folders"] += 1
+    if not listing.classes:
+        if loose:
+            raise CnnlabError(f"{split_dir}: {loose} image{'s' * (loose > 1)} but no class folders; put each class's "
+                              f"images in a folder named after the class ({split_dir}/<class>/<image>)")
         raise CnnlabError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
-    files, skipped = [], 0
-    for index, name in enumerate(classes):
-        found = []
-        for folder, subfolders, names in sorted(os.walk(split_dir / name)):  # ImageFolder's order
-            for sub in subfolders:
-                if (Path(folder) / sub).is_symlink():
+    empty = []
+    for index, name in enumerate(listing.classes):
+        found, skipped, walked = [], Counter(), []
+        for folder, subfolders, names in os.walk(split_dir / name):
+            for sub in list(subfolders):
+                if hidden(sub):
+                    subfolders.remove(sub)  # not walked
+                    listing.ignored.append(str((Path(folder) / sub).relative_to(split_dir)))
+                elif (Path(folder) / sub).is_symlink():
                     raise CnnlabError(f"{Path(folder) / sub}: a linked folder (it could list images twice "
                                       f"or reach outside data.path); copy the images instead")
+            walked.append((folder, names))
+        for folder, names in sorted(walked):  # ImageFolder's order
             for file in sorted(names):
                 path = Path(folder) / file
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped += 1  # notes, thumbnails databases, ...: not images, counted
+                reason = skip_reason(file)
+                if reason:
+                    skipped[reason] += 1
                     continue
                 if path.is_symlink() and not path.resolve().is_relative_to(root):
                     raise CnnlabError(f"{path}: links to {path.resolve()}, outside {split_dir}; copy the image instead")
                 found.append((str(path), index))
+        listing.skipped += skipped
+        listing.files += found
         if not found:
-            raise CnnlabError(f"{split_dir / name}: no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-        files += found
-    return classes, files, skipped
+            empty.append((name, skipped))
+    if empty:
+        everything = _only_unsupported(split_dir, listing.skipped) if not listing.files else None
+        name, skipped = empty[0]
+        raise everything or _only_unsupported(split_dir / name, skipped) or CnnlabError(
+            f"{split_dir / name}: no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); add images of this class "
+            f"or remove the folder")
+    return listing
 
 
 def layout(base: Path) -> dict[str, Path]:
-    """split -> its folder: train/ (test/, val/) when there is a train/, else the whole tree as `all`."""
-    if (base / "train").is_dir():
-        return {split: base / split for split in SPLITS if (base / split).is_dir()}
-    return {"all": base}
+    """split -> its folder: train/ (test/, val/) when there is a train/, else the whole tree as `all`.
+    Two folders for one split (val/ and valid/), split folders without train/, or another folder
+    beside train/ stop with one line: each would otherwise be silently left out or read as a class."""
+    named: dict[str, list[str]] = {}
+    others = []
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if not entry.is_dir() or hidden(entry.name):
+            continue
+        split = next((s for s, names in SPLIT_FOLDERS.items() if entry.name.lower() in names), None)
+        if split:
+            named.setdefault(split, []).append(entry.name)
+        else:
+            others.append(entry.name)
+    if not named:
+        return {"all": base}
+    for split, names in named.items():
+        if len(names) > 1:
+            raise CnnlabError(f"{base}: {' and '.join(n + '/' for n in names)} are both the {split} split; pick one "
+                              f"(merge them, or move the other out of data.path)")
+    if "train" not in named:
+        found = ", ".join(named[split][0] + "/" for split in SPLITS if split in named)
+        raise CnnlabError(f"{base}: has {found} but no train/ folder; put the training images in {base}/train/<class>/ "
+                          f"(a plain <class>/ tree cannot have classes named like split folders: rename them)")
+    if others:
+        splits = ", ".join("/".join(names) + "/" for names in SPLIT_FOLDERS.values())
+        raise CnnlabError(f"{base / others[0]}: a folder beside {named['train'][0]}/ that is not a split ({splits}); "
+                          f"move it into {named['train'][0]}/ if it is a class, or out of data.path")
+    return {split: base / named[split][0] for split in SPLITS if split in named}
 
 
 def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None) -> Path:
@@ -76,63 +195,215 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
     if not base.is_dir():
         raise CnnlabError(f"{base}: data.path is not a folder")
     folders = layout(base)
-    listed = {split: _image_files(folder) for split, folder in folders.items()}
+    listed = {split: list_images(folder) for split, folder in folders.items()}
     first = next(iter(listed))
-    for split, (names, _, _) in listed.items():
-        if names != listed[first][0]:
-            raise CnnlabError(f"{base}: {first}/ and {split}/ have different class folders "
-                              f"({', '.join(listed[first][0])} vs {', '.join(names)})")
-    grayscale = True
+    classes = listed[first].classes
+    if len(classes) < 2:
+        ignored = [name for name in listed[first].ignored if "/" not in name]
+        raise CnnlabError(f"{folders[first]}: only one class folder ({classes[0]}"
+                          + (f"; ignored as hidden or system: {', '.join(ignored)}" if ignored else "")
+                          + "); a classifier needs at least 2 classes: add a folder of images for each other class")
+    for split, listing in listed.items():
+        if listing.classes != classes:
+            lacks = [c for c in classes if c not in listing.classes]
+            extra = [c for c in listing.classes if c not in classes]
+            raise CnnlabError(f"{base}: {folders[first].name}/ and {folders[split].name}/ have different class folders ("
+                              + "; ".join(part for part in (
+                                  f"{folders[split].name}/ lacks {', '.join(lacks)}" if lacks else "",
+                                  f"{folders[split].name}/ has {', '.join(extra)}, which {folders[first].name}/ lacks"
+                                  if extra else "") if part)
+                              + "); every split needs the same class folders")
+    seen = Counter()
+    modes = Counter()
+    squares = Counter()
+    smallest = largest = None
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        for split, (_, files, _) in listed.items():
-            for file, _ in files:
-                mode = read_image(file, _header)  # an unreadable, oversized or tiny image stops here
-                grayscale = grayscale and mode in GRAYSCALE_MODES
+        for split, listing in listed.items():
+            for file, _ in listing.files:
+                # an unreadable, oversized, tiny or GIF-in-disguise image stops here
+                mode, rotated, frames, alpha, (width, height) = read_image(file, _header)
+                modes[mode] += 1
+                seen["rotated"] += rotated
+                seen["multi_frame"] += frames > 1
+                seen["alpha"] += alpha
+                if width == height:
+                    squares[str(width)] += 1
+                smallest = min(smallest or (width, height), (width, height), key=lambda s: s[0] * s[1])
+                largest = max(largest or (width, height), (width, height), key=lambda s: s[0] * s[1])
                 place(Path(file), Path(tmp), root / spec.folder / split / Path(file).relative_to(folders[split]))
-    skipped = sum(count for _, _, count in listed.values())
+    grayscale = all(mode in GRAYSCALE_MODES for mode in modes)
+    skipped = sum((listing.skipped for listing in listed.values()), Counter())
+    ignored = {f"{folders[split].name}/{name}" if split != "all" else name
+               for split, listing in listed.items() for name in listing.ignored}
+    if "all" not in folders:  # beside the split folders: hidden folders, notes, a labels.csv, ...
+        for entry in os.scandir(base):
+            if entry.is_dir() and hidden(entry.name):
+                ignored.add(entry.name)
+            elif not entry.is_dir():
+                skipped["hidden" if hidden(entry.name) else "outside_class_folders"] += 1
+    card = {
+        "source": str(base),
+        "split_folders": {split: folder.name if split != "all" else "." for split, folder in folders.items()},
+        "found": {name: {split: sum(1 for _, c in listing.files if c == index) for split, listing in listed.items()}
+                  for index, name in enumerate(classes)},
+        "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
+        "ignored_folders": sorted(ignored)[:MAX_LISTED],
+        "rotated": seen["rotated"],
+        "converted": {
+            "alpha_flattened_on_white": seen["alpha"],
+            "palette_to_rgb": modes["P"] + modes["PA"],
+            "cmyk_to_rgb": modes["CMYK"],
+            "high_bit_depth_to_8_bit": sum(modes[m] for m in HIGH_BIT_MODES),
+            "one_bit_to_8_bit": modes["1"],
+            "other_colour_space_to_rgb": sum(n for m, n in modes.items() if m in ("YCbCr", "LAB", "HSV")),
+            "grayscale_to_rgb": 0 if grayscale else sum(modes[m] for m in GRAYSCALE_MODES),
+            "first_frame_of_multi_frame": seen["multi_frame"],
+        },
+        "sizes": {"smallest": "x".join(map(str, smallest)), "largest": "x".join(map(str, largest)),
+                  "square": dict(sorted(squares.items(), key=lambda item: int(item[0])))},
+    }
     (root / spec.folder / MANIFEST).write_text(json.dumps({
-        "splits": list(listed), "classes": listed[first][0], "grayscale": grayscale, "skipped_not_images": skipped,
-        "images": {split: len(files) for split, (_, files, _) in listed.items()}}, indent=2) + "\n")
+        "splits": list(listed), "classes": classes, "grayscale": grayscale,
+        "skipped_not_images": sum(skipped.values()),
+        "images": {split: len(listing.files) for split, listing in listed.items()},
+        "source": card["source"], "folders": card["split_folders"], "card": card}, indent=2) + "\n")
     return root / spec.folder
 
 
-GRAYSCALE_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
+class BadImage(CnnlabError):
+    """An image file that cannot be used: its path, why, and what to do."""
+
+    def __init__(self, path: str, why: str, fix: str = "fix or remove it"):
+        super().__init__(f"{path}: {why}; {fix}")
+        self.path, self.why, self.fix = str(path), why, fix
 
 
-class _TooSmall(ValueError):
-    pass
+class _Refused(ValueError):
+    def __init__(self, why: str, fix: str):
+        super().__init__(why)
+        self.why, self.fix = why, fix
 
 
-def _header(image) -> str:
+def orientation(image, header_only: bool = False) -> int:
+    """The EXIF orientation (1: upright). header_only: never decode for it (a PNG may keep its EXIF
+    after the pixels; PIL would decode the whole image to find it)."""
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError):
+        return 1  # a broken EXIF block: the pixels are still there, upright as stored
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _header(image) -> tuple:
+    """(mode, needs turning upright, frames, has transparency, size) from a file's header."""
     if min(image.size) < MIN_SIDE:
-        raise _TooSmall(f"{image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}x{MIN_SIDE}")
-    return image.mode
+        raise _Refused(f"too small to learn from ({image.size[0]}x{image.size[1]} pixels, smaller than "
+                       f"{MIN_SIDE}x{MIN_SIDE})", "remove it")
+    if image.format == "GIF":
+        raise _Refused("a GIF image under another name; GIF is not supported", "convert it to PNG")
+    frames = getattr(image, "n_frames", 1) if image.format in ("TIFF", "PNG", "WEBP") else 1  # not MPO's previews
+    alpha = image.mode in ALPHA_MODES or "transparency" in image.info
+    return image.mode, orientation(image, header_only=True) != 1, frames, alpha, image.size
+
+
+def _cause(err: Exception, path: str) -> str:
+    text = (str(err).splitlines() or [""])[0].replace(str(path), "the file")
+    if isinstance(err, EOFError) or "truncated" in text.lower() or "broken data stream" in text.lower():
+        return "truncated: the file ends before the image does"
+    return f"{type(err).__name__}: {text[:120]}" if text else type(err).__name__
 
 
 def read_image(path: str, read):
     """read(PIL image) for one file; an unreadable file, or one larger than PIL's decompression-bomb
-    limit (about 179 million pixels), stops with its path."""
+    limit (about 179 million pixels), stops with its path (BadImage)."""
+    import struct
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as image:
             return read(image)
-    except _TooSmall as err:
-        raise CnnlabError(f"{path}: too small to learn from ({err}); remove it") from None
+    except _Refused as err:
+        raise BadImage(path, err.why, err.fix) from None
     except Image.DecompressionBombError as err:
-        raise CnnlabError(f"{path}: too large to decode safely ({err}".split(" could be")[0] + ")") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise CnnlabError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it") from None
+        raise BadImage(path, f"too large to decode safely ({err}".split(" could be")[0] + ")", "shrink or remove it") \
+            from None
+    except UnidentifiedImageError:
+        empty = os.path.exists(path) and os.path.getsize(path) == 0
+        raise BadImage(path, "unreadable image (" + ("an empty file, 0 bytes" if empty else
+                       "not an image: its content is no format PIL reads, whatever its name says") + ")") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as err:
+        raise BadImage(path, f"unreadable image ({_cause(err, path)})") from None
 
 
 def to_8bit(image):
     """16-bit and float grayscale scaled to 0..255 (PIL's own conversion clips them to 0 or 255)."""
     import numpy as np
     from PIL import Image
-    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode not in HIGH_BIT_MODES:
         return image
     values = np.asarray(image, dtype=np.float64)
     top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
     return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def flatten(image):
+    """Transparency composited onto white (RGB): dropping the alpha channel would show whatever colour
+    the transparent pixels happen to hold, often black."""
+    from PIL import Image
+    if image.mode in HIGH_BIT_MODES or (image.mode not in ALPHA_MODES and "transparency" not in image.info):
+        return image
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    white.alpha_composite(image.convert("RGBA"))
+    return white.convert("RGB")
+
+
+def upright(image):
+    """The image as it is meant to be seen: turned or flipped by its EXIF orientation (cameras and
+    phones store the sensor's rows and a tag saying how to turn them)."""
+    if orientation(image) == 1:
+        return image
+    from PIL import ImageOps
+    return ImageOps.exif_transpose(image)
+
+
+def pixels(image, mode: str, size: int):
+    """One image as uint8 [size, size] (L) or [size, size, 3] (RGB): upright, flattened, 8-bit,
+    converted, resized (bilinear). The first frame of a multi-frame file (PIL opens at it)."""
+    import numpy as np
+    from PIL import Image
+    image = flatten(to_8bit(upright(image)))
+    return np.asarray(image.convert(mode).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def decode_files(files: list[str], mode: str, size: int):
+    """Decode image files to uint8 [n, C, size, size]: 8-bit, `mode` (L or RGB), resized (bilinear).
+    The one decoding of the user's images: for training (in worker processes) and for predict."""
+    import numpy as np
+    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
+    for i, file in enumerate(files):
+        array = read_image(file, lambda image: pixels(image, mode, size))
+        out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
+    return out
+
+
+def _decode_job(job: tuple[list[str], str, int]):
+    """One chunk in a worker: (images, None), or (None, (path, why, fix)) for a file that cannot be
+    decoded: a problem comes back as a value, for the parent to report as one line, never as a
+    traceback from the worker."""
+    try:
+        return decode_files(*job), None
+    except BadImage as err:
+        return None, (err.path, err.why, err.fix)
+
+
+def _quiet_worker() -> None:
+    """Workers leave interrupts to the parent: Ctrl-C reaches the whole process group, and the pool
+    ends its workers with SIGTERM, which the stage's own handler (inherited by fork) would turn into
+    a KeyboardInterrupt traceback from each worker, or a worker stuck holding the pool's queue lock."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def manifest(root: Path, spec: DatasetSpec) -> dict:
@@ -143,50 +414,55 @@ def splits(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
     return tuple(manifest(root, spec)["splits"])
 
 
-def decode_files(files: list[str], mode: str, size: int):
-    """Decode image files to uint8 [n, C, size, size]: 8-bit, `mode` (L or RGB), resized (bilinear).
-    The one decoding of the user's images: for training (in worker processes) and for predict."""
-    import numpy as np
-    from PIL import Image
-    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
-    for i, file in enumerate(files):
-        array = read_image(file, lambda image: np.asarray(
-            to_8bit(image).convert(mode).resize((size, size), Image.Resampling.BILINEAR)))
-        out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
-    return out
-
-
-def _decode_job(job: tuple[list[str], str, int]):
-    return decode_files(*job)  # one picklable argument for Pool.imap, which runs it in a worker
+def original(found: dict, raw_split: Path, split: str, path: str) -> str:
+    """The user's file (under data.path) that download copied to `path` in data/raw."""
+    folder = found.get("folders", {}).get(split)
+    if "source" not in found or folder is None:
+        return path  # a manifest from before the source was recorded
+    return str(Path(found["source"]) / folder / Path(path).relative_to(raw_split))
 
 
 def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+CHUNK = 256  # images per job
+
+
 def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     """Decode one split on every core (a pool of worker processes, each a chunk of files at a time),
-    with a progress bar when run in a terminal."""
+    with a progress bar when run in a terminal. A file that cannot be decoded stops with the path of
+    the user's own file (not of its copy in data/raw)."""
     import multiprocessing
     import torch
     from tqdm import tqdm
     folder = downloaded(root / spec.folder)
-    mode = "L" if manifest(root, spec)["grayscale"] else "RGB"
-    _, files, _ = _image_files(folder / split)
+    found = manifest(root, spec)
+    mode = "L" if found["grayscale"] else "RGB"
+    listing = list_images(folder / split)
+    if listing.classes != found["classes"]:
+        raise CnnlabError(f"{folder / split}: its class folders are not the ones {MANIFEST} lists; "
+                          f"run `dvc repro -f download`")
+    files = listing.files
     check_memory(len(files) * (1 if mode == "L" else 3) * image_size * image_size,
                  f"decoding {len(files):,} {split} images at data.image_size {image_size}")
     images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
-    chunk = 256
-    jobs = [([file for file, _ in files[i:i + chunk]], mode, image_size) for i in range(0, len(files), chunk)]
+    jobs = [([file for file, _ in files[i:i + CHUNK]], mode, image_size) for i in range(0, len(files), CHUNK)]
     # fork: workers start at once and only use PIL and numpy, never torch
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(min(workers(), max(1, len(jobs)))) as pool, \
+    with context.Pool(min(workers(), max(1, len(jobs))), initializer=_quiet_worker) as pool, \
             tqdm(total=len(files), desc=f"decoding {split} images", unit="image", disable=None, leave=False) as bar:
-        for i, array in enumerate(pool.imap(_decode_job, jobs)):
-            images[i * chunk:i * chunk + len(array)] = torch.from_numpy(array)
+        for i, (array, problem) in enumerate(pool.imap(_decode_job, jobs)):
+            if problem:
+                path, why, fix = problem
+                raise CnnlabError(f"{original(found, folder / split, split, path)}: {why}; {fix}, then run "
+                                  f"`dvc repro -f download` (prepare reads the copy in data/raw)")
+            images[i * CHUNK:i * CHUNK + len(array)] = torch.from_numpy(array)
             bar.update(len(array))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 
 
-def classes(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
-    return tuple(manifest(root, spec)["classes"])
+def classes(spec: DatasetSpec, root: Path) -> ClassNames:
+    """The class names, carrying download's data card for prepare to extend."""
+    found = manifest(root, spec)
+    return ClassNames(found["classes"], found.get("card"))

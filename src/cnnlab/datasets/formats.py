@@ -38,8 +38,10 @@ def splits(dataset: str, root: Path) -> tuple[str, ...]:
 
 
 def class_names(dataset: str, root: Path) -> tuple[str, ...]:
+    """The class names; a format with a data card (folder) returns them as ClassNames, carrying it."""
     spec = DATASETS[dataset]
-    return tuple(FORMATS[spec.format].classes(spec, Path(root)))
+    names = FORMATS[spec.format].classes(spec, Path(root))
+    return names if isinstance(names, tuple) else tuple(names)
 
 
 def load_split(dataset: str, root: Path, split: str, image_size: int = 32):
