@@ -385,6 +385,23 @@ def test_splits_with_different_classes_say_which(tmp_path):
                                        f"valid/ has d, which train/ lacks); every split needs the same class folders")
 
 
+def test_class_names_that_differ_only_in_unicode_form_are_explained(tmp_path):
+    import unicodedata
+    base = tmp_path / "imgs"
+    class_tree(base / "train", classes=(unicodedata.normalize("NFC", "café"), "tea"))
+    class_tree(base / "valid", classes=(unicodedata.normalize("NFD", "café"), "tea"))  # as copied from a Mac
+    assert "the names differ only in their Unicode form" in refused(base, tmp_path)
+
+
+def test_a_suffix_that_lies_about_the_format_is_read_by_content(tmp_path):
+    base = class_tree(tmp_path / "imgs", colour=True)
+    Image.new("RGB", (16, 16), RED).save(base / "a" / "z-png.jpg", "PNG")
+    Image.new("RGB", (16, 16), RED).save(base / "b" / "z.webp", "WEBP", lossless=True)
+    fetch(base, tmp_path)
+    images, _ = datasets.load_split("folder", tmp_path / "raw", "all", 8)
+    assert is_red(images[4]) and is_red(images[9])
+
+
 # --- 9. the data card, from download through prepare to metrics/data.json ---------------------------------
 
 def test_the_data_card_reaches_metrics_data_json(tmp_path):

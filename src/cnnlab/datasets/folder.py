@@ -156,6 +156,12 @@ def list_images(split_dir: Path) -> Listing:
     return listing
 
 
+def _same_names(a: list[str], b: list[str]) -> bool:
+    import unicodedata
+    return bool(a) and sorted(unicodedata.normalize("NFC", n) for n in a) == sorted(unicodedata.normalize("NFC", n)
+                                                                                   for n in b)
+
+
 def layout(base: Path) -> dict[str, Path]:
     """split -> its folder: train/ (test/, val/) when there is a train/, else the whole tree as `all`.
     Two folders for one split (val/ and valid/), split folders without train/, or another folder
@@ -212,7 +218,9 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
                                   f"{folders[split].name}/ lacks {', '.join(lacks)}" if lacks else "",
                                   f"{folders[split].name}/ has {', '.join(extra)}, which {folders[first].name}/ lacks"
                                   if extra else "") if part)
-                              + "); every split needs the same class folders")
+                              + "); every split needs the same class folders"
+                              + ("; the names differ only in their Unicode form (as a Mac may write accented "
+                                 "letters): rename them in one split" if _same_names(lacks, extra) else ""))
     seen = Counter()
     modes = Counter()
     squares = Counter()
@@ -232,6 +240,7 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
                 largest = max(largest or (width, height), (width, height), key=lambda s: s[0] * s[1])
                 place(Path(file), Path(tmp), root / spec.folder / split / Path(file).relative_to(folders[split]))
     grayscale = all(mode in GRAYSCALE_MODES for mode in modes)
+    counts = {split: Counter(index for _, index in listing.files) for split, listing in listed.items()}
     skipped = sum((listing.skipped for listing in listed.values()), Counter())
     ignored = {f"{folders[split].name}/{name}" if split != "all" else name
                for split, listing in listed.items() for name in listing.ignored}
@@ -244,8 +253,7 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
     card = {
         "source": str(base),
         "split_folders": {split: folder.name if split != "all" else "." for split, folder in folders.items()},
-        "found": {name: {split: sum(1 for _, c in listing.files if c == index) for split, listing in listed.items()}
-                  for index, name in enumerate(classes)},
+        "found": {name: {split: counts[split][index] for split in listed} for index, name in enumerate(classes)},
         "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
         "ignored_folders": sorted(ignored)[:MAX_LISTED],
         "rotated": seen["rotated"],
@@ -310,8 +318,10 @@ def _header(image) -> tuple:
 
 def _cause(err: Exception, path: str) -> str:
     text = (str(err).splitlines() or [""])[0].replace(str(path), "the file")
-    if isinstance(err, EOFError) or "truncated" in text.lower() or "broken data stream" in text.lower():
+    if isinstance(err, EOFError) or "truncated" in text.lower():
         return "truncated: the file ends before the image does"
+    if "broken data stream" in text.lower():
+        return "corrupt: its compressed data is broken"
     return f"{type(err).__name__}: {text[:120]}" if text else type(err).__name__
 
 
