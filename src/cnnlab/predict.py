@@ -1,8 +1,9 @@
 """Use a trained model: `python -m cnnlab.predict models/lenet.pt PATH... [--top-k 3] [--export FILE]`.
 
 Each image (PATH is a file, or a folder searched for images) goes through the preprocessing stored in
-the checkpoint, the same as training: grayscale or RGB as the model's channels, resized to its image
-size, normalised with the training split's mean and std. Prints the top-k classes with their
+the checkpoint, the same as training: turned upright by its EXIF orientation (a phone's portrait photo
+is stored on its side), grayscale or RGB as the model's channels, resized to its image size,
+normalised with the training split's mean and std. Prints the top-k classes with their
 probabilities. `--export` also writes the model as a torch.export program (`.pt2`; TorchScript, which
 torch deprecates, is not used), checked to give the same outputs as the original; load it with
 `torch.export.load(path).module()`, with no cnnlab needed.
@@ -41,7 +42,8 @@ def image_paths(paths: list[str]) -> list[Path]:
 
 
 def load_images(paths: list[Path], channels: int, size: int) -> torch.Tensor:
-    """uint8 [N, C, size, size], decoded as the folder dataset decodes training images."""
+    """uint8 [N, C, size, size], decoded as the folder dataset decodes training images (EXIF orientation
+    applied, transparency flattened onto white: cnnlab.datasets.folder.pixels)."""
     return torch.from_numpy(decode_files([str(path) for path in paths], "L" if channels == 1 else "RGB", size))
 
 
