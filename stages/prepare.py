@@ -1,12 +1,13 @@
 """Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
 from cnnlab import params, paths, stage
-from cnnlab.datasets import formats as datasets
+from cnnlab.datasets import DATASETS, formats as datasets
 from cnnlab.prepare import prepare, save_prepared
 
 
 def main():
     loaded = params.for_stage("prepare")
     name, size = loaded["data"]["dataset"], loaded["data"]["image_size"]
+    params.require_choice("data.dataset", name, DATASETS)
     present = datasets.splits(name, paths.RAW)
     decoded = {split: datasets.load_split(name, paths.RAW, split, size) for split in present}
     # a folder without a test split comes as one set (`all`): prepare carves test (and val) from it

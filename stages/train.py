@@ -19,6 +19,8 @@ LIVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 def main():
     name = stage.model_argument("train")
     stage_params = params.for_stage("train", name)
+    if not distributed.under_torchrun():  # first, what will be trained and where each value came from
+        print(params.describe_recipe(stage_params, name), flush=True)
     nproc = train_config(stage_params, name)["nproc"]
     if distributed.needs_launch(nproc):
         distributed.launch(nproc, sys.argv, f"train {name}")

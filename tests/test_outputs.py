@@ -33,3 +33,52 @@ def test_directories_are_replaced_whole(tmp_path):
         staged.mkdir()
         (staged / "fresh").write_text("y")
     assert [p.name for p in folder.iterdir()] == ["fresh"]
+
+
+def test_a_write_failure_is_one_line_naming_the_output_and_the_fix(tmp_path, monkeypatch, capsys):
+    """A full disk, a read-only folder: one line naming the output (not its hidden temporary), the
+    cause and the fix; exit 1; nothing half-written; the earlier output kept."""
+    import errno
+    import json as json_module
+
+    from cnnlab import stage
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "old.json").write_text("{}")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", args[1].name)
+
+    def main():
+        with stage.outputs() as out:
+            out.text("metrics/a.txt", "first")
+            monkeypatch.setattr(json_module, "dump", lambda data, stream, **kw: full_disk(data, stream))
+            out.json("metrics/old.json", {"new": 1})
+
+    with pytest.raises(SystemExit) as exit_code:
+        stage.run(main, sweep=False)
+    assert exit_code.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert line == ("error: metrics/old.json: No space left on device; free some space (dvc gc -w removes "
+                    "cache entries no longer used) and rerun"), line
+    assert (tmp_path / "metrics" / "old.json").read_text() == "{}" and not (tmp_path / "metrics" / "a.txt").exists()
+    assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["old.json"]
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from cnnlab import stage
+    monkeypatch.chdir(tmp_path)
+
+    def main():
+        with stage.outputs() as out:
+            path = out.path("models/lenet.pt")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 2048 vs 1984")
+
+    with pytest.raises(SystemExit):
+        stage.run(main, sweep=False)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: models/lenet.pt: could not write a checkpoint (is the disk full?); free some"), line
+    assert not list(tmp_path.rglob("*.pt"))

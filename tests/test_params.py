@@ -37,7 +37,6 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda r: r["data"].update(dataset="imagenet"), "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, cifar100, svhn, folder; got 'imagenet'"),
     (lambda r: r["train"].update(epochs=0), "train.epochs must be an integer >= 1 and <= 10000; got 0"),
     (lambda r: r["train"].update(epochs=-3), "train.epochs must be an integer >= 1 and <= 10000; got -3"),
     (lambda r: r["train"].update(lr="fast"), "train.lr must be a finite number > 0 and <= 10; got 'fast'"),
@@ -143,3 +142,30 @@ def test_a_model_stage_imports_only_its_own_model_and_checks_its_options(tmp_pat
     raw["mlp"]["lr"] = "fast"  # a shared train: key is checked in every stage
     with pytest.raises(CnnlabError, match="mlp.lr must be a finite number"):
         validate(raw, built=())
+
+
+def test_the_dataset_is_checked_against_the_catalogue_by_the_stages_that_read_it():
+    """params.py does not import the dataset catalogue (every stage would then depend on it, and
+    adding a dataset would retrain every model); download and prepare check the name."""
+    from cnnlab.datasets import DATASETS
+    from cnnlab.params import require_choice
+    with pytest.raises(CnnlabError, match="data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, "
+                                          "cifar100, svhn, folder; got 'imagenet'"):
+        require_choice("data.dataset", "imagenet", DATASETS)
+    assert require_choice("data.dataset", "svhn", DATASETS) == "svhn"
+
+
+def test_the_recipe_line_says_where_each_value_comes_from():
+    """The design card's `-S train.epochs=1` does nothing for a model whose own section sets epochs:
+    the train stage's first line says so."""
+    from cnnlab.params import describe_recipe
+    params = load(REPO / "params.yaml")
+    params["train"]["epochs"] = 1
+    line = describe_recipe(params, "resnet18")
+    assert line.startswith("resnet18: epochs 12 from resnet18:, overriding train.epochs 1; batch_size 128; ")
+    assert "optimizer adamw from resnet18:, overriding train.optimizer adam" in line
+    assert "momentum" not in line and "weights" not in line  # not used by adamw; unset
+    line = describe_recipe(params, "lenet")
+    assert line.startswith("lenet: epochs 1; batch_size 128; optimizer adam; lr 0.01 from lenet:, overriding train.lr ")
+    params["lenet"]["augment"] = {**params["train"]["augment"], "shift": 0.1}
+    assert "augment shift=0.1 from lenet:, overriding train.augment off" in describe_recipe(params, "lenet")

@@ -65,7 +65,7 @@ def test_every_stage_rejects_bad_params(tmp_path, stage):
 
 @pytest.mark.parametrize("section,values,fragment", [
     ("train", {"lr": "abc"}, "train.lr must be a finite number > 0 and <= 10; got 'abc'"),
-    ("data", {"dataset": "mnist2"}, "data.dataset must be one of mnist, fashion_mnist, kmnist"),
+    ("data", {"max_device_bytes": -1}, "data.max_device_bytes must be an integer >= 0 or null; got -1"),
     ("bogus", {"x": 1}, "unknown key 'bogus'"),
 ])
 def test_bad_values_stop_training_before_anything_is_written(tmp_path, section, values, fragment):

@@ -45,12 +45,25 @@ class StagedOutputs:
         self._owner = owner or os.getpid()
         self._pending: list[tuple[Path, Path]] = []
 
+    last_target: Path | None = None  # the output being written: what a write failure names
+
     def path(self, target: str | Path) -> Path:
         """A temporary path for `target` (same filesystem, so the final rename is atomic)."""
         target = Path(target)
+        self.last_target = target
         temporary = _temporary(target, self._owner)
         self._pending.append((temporary, target))
         return temporary
+
+    def target_of(self, path) -> str | None:
+        """The output a temporary path (or a file inside a temporary folder) stands for."""
+        if path is None:
+            return None
+        path = Path(path)
+        for temporary, target in self._pending:
+            if path == temporary or temporary in path.parents:
+                return str(target / path.relative_to(temporary)) if path != temporary else str(target)
+        return str(path)
 
     def json(self, target: str | Path, data: dict, staged: bool = True) -> None:
         """staged=False writes straight to `target`, inside a folder that is itself a staged output."""

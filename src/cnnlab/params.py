@@ -18,7 +18,6 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from cnnlab import CnnlabError, checks, models
-from cnnlab.datasets import DATASETS
 
 AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "crop_padding": checks.integer(0, 64),
@@ -46,7 +45,7 @@ MAX_BATCH = 1 << 16
 
 SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
-        "dataset": checks.choice(*DATASETS),
+        "dataset": checks.text,  # one of the catalogue's, checked by the stages that read it (require_choice)
         "verify_checksums": checks.boolean,
         "path": checks.optional_text,
         "image_size": checks.integer(8, 1024),
@@ -100,6 +99,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "tsne_iterations": checks.integer(250, 10000),
         "noise_levels": checks.number_list(0, 1),
         "top_confused": checks.integer(0, 100),
+        "explain_samples": checks.integer(2, 2000),
         "batch_size": checks.integer(1, MAX_BATCH),
         "seed": checks.integer(0),
         "dpi": checks.integer(30, 300),
@@ -181,6 +181,15 @@ def read_yaml(text: str) -> Any:
     return YAML(typ="safe", pure=True).load(text)
 
 
+def require_choice(key: str, value: Any, allowed) -> Any:
+    """A params value checked against a list only the stage that uses it holds (data.dataset against
+    the dataset catalogue, read by download and prepare alone: adding a dataset reruns no training)."""
+    try:
+        return checks.choice(*allowed)(value)
+    except ValueError as reason:
+        raise _fail(key, value, str(reason)) from None
+
+
 def load(path: str | Path = "params.yaml", built: tuple[str, ...] | None = None) -> dict:
     """The whole file, validated (the options of the models in `built`; None: of every model)."""
     path = Path(path)
@@ -260,3 +269,36 @@ def train_config(params: dict, model: str) -> dict:
 def model_kwargs(params: dict, model: str) -> dict:
     own = params[model]
     return {k: v for k, v in own.items() if k not in SCHEMA["train"]}
+
+
+# the training settings a user tunes, in the order the recipe line names them; the last ones only
+# when set (their defaults go without saying)
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "scheduler",
+               "label_smoothing", "patience", "augment", "weights", "freeze", "device", "precision", "nproc")
+UNSAID = {"augment": None, "weights": None, "freeze": False, "device": "auto", "precision": "auto", "nproc": 1}
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "augment":
+        return ",".join(f"{k}={v}" for k, v in value.items() if v) or "off"
+    return str(value)
+
+
+def describe_recipe(params: dict, model: str) -> str:
+    """One line: the effective training recipe of `model` and where each value comes from. A model's
+    own section wins over `train:`; its values are marked, with the `train:` value they override
+    (the design card's `-S train.epochs=1` does nothing for a model whose section sets epochs)."""
+    cfg, own, shared = train_config(params, model), params[model], params["train"]
+    parts = []
+    for key in RECIPE_KEYS:
+        value = cfg[key]
+        if key in UNSAID and key not in own and _shown(key, value) in (str(UNSAID[key]), "off"):
+            continue
+        if key == "momentum" and cfg["optimizer"] != "sgd":
+            continue
+        part = f"{key} {_shown(key, value)}"
+        if key in own:
+            part += f" from {model}:" + (f", overriding train.{key} {_shown(key, shared[key])}"
+                                         if own[key] != shared[key] else "")
+        parts.append(part)
+    return f"{model}: " + "; ".join(parts)

@@ -8,6 +8,7 @@ are committed here or handed over.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -43,6 +44,16 @@ def outputs() -> Iterator[StagedOutputs]:
     with timed("write"):
         try:
             yield staged
+        except RuntimeError as err:  # torch.save on a full disk: "PytorchStreamWriter failed writing file"
+            staged.discard()
+            if "PytorchStreamWriter" in str(err) or "unexpected pos" in str(err):
+                raise OSError(errno.ENOSPC, "could not write a checkpoint (is the disk full?)",
+                              str(staged.last_target or "a checkpoint")) from None
+            raise
+        except OSError as err:  # named by the output it was for, not its hidden temporary
+            target = staged.target_of(err.filename)
+            staged.discard()
+            raise OSError(err.errno, err.strerror, target) from None
         except BaseException:
             staged.discard()
             raise
@@ -58,6 +69,29 @@ def model_argument(stage: str) -> str:
     if len(sys.argv) != 2 or sys.argv[1] not in models.names():
         raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(models.names())}")
     return sys.argv[1]
+
+
+FIXES = {
+    errno.ENOSPC: "free some space (dvc gc -w removes cache entries no longer used) and rerun",
+    errno.EDQUOT: "free some space within your quota and rerun",
+    errno.EACCES: "make it writable (or readable) for this user, or work in a copy you own",
+    errno.EPERM: "make it writable (or readable) for this user, or work in a copy you own",
+    errno.EROFS: "the disk is mounted read-only: work in a copy on a writable disk",
+    errno.EEXIST: "remove it or choose another name",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it away",
+    errno.EISDIR: "a folder stands where a file is needed: move it away",
+    errno.ENOENT: "check the path (run from the project root; dvc repro rebuilds missing outputs)",
+}
+
+
+def file_problem(err: OSError) -> str:
+    """One line for an OSError: the file, the cause, the fix."""
+    where = err.filename or "a file"
+    if err.filename2:
+        where = f"{err.filename} -> {err.filename2}"
+    cause = err.strerror or type(err).__name__
+    fix = FIXES.get(err.errno, "check the path, its permissions and the free space")
+    return f"{where}: {cause}; {fix}"
 
 
 def _seconds_since_start() -> float | None:
@@ -132,9 +166,10 @@ def run(main, sweep: bool = True) -> None:
             sweep_temporaries()
         main()
         _record_timings(started)
-    except CnnlabError as err:
-        _record_rank_failure(err)
-        print(f"error: {err}", file=sys.stderr)
+    except (CnnlabError, OSError) as err:  # OSError: a file that cannot be read or written
+        message = str(err) if isinstance(err, CnnlabError) else file_problem(err)
+        _record_rank_failure(CnnlabError(message))
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
