@@ -33,7 +33,9 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
     torch.save(checkpoint("lenet", model, {}, info), path)
     loaded, ckpt = load_checkpoint(path, torch.device("cpu"))
     x = torch.randn(2, 1, 28, 28)
-    model.eval()
+    # a conv net is loaded in the channels_last layout it is trained and validated in
+    assert loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
+    model.eval().to(memory_format=torch.channels_last)
     assert torch.equal(loaded(x), model(x))
     assert ckpt["classes"] == info["classes"]
 

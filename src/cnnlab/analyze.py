@@ -30,7 +30,7 @@ from cnnlab import figures, models
 from cnnlab.augment import salt_and_pepper
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
-from cnnlab.inference import autocast_dtype, embeddings, score
+from cnnlab.inference import autocast_dtype, embeddings, layout, score
 from cnnlab.outputs import Result
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.runtime import pick_device
@@ -313,6 +313,35 @@ def confident_mistakes(s: Subject, found: Findings) -> None:
                                     for m in mistakes]
 
 
+@analysis(plots={
+    "deletion": {"x": "fraction", "y": "probability", "series": "method",
+                 "title": "explanations: class probability as the top-ranked pixels are deleted (lower: more faithful)"},
+    "insertion": {"x": "fraction", "y": "probability", "series": "method",
+                  "title": "explanations: class probability as the top-ranked pixels are inserted (higher: more faithful)"}})
+def explanations(s: Subject, found: Findings) -> None:
+    """Every attribution method that applies to the model, on a seeded test subset, scored by
+    deletion and insertion AUC against a random map and by the model-randomisation check
+    (cnnlab.explain); the maps of the sample images side by side."""
+    from cnnlab import explain
+    seed = s.options["seed"]
+    subset = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed + 1))[:s.options["explain_samples"]]
+    x = s.test.normalise(s.test.images.index_select(0, subset.sort().values.to(s.test.images.device)))
+    named = explain.methods(s.spec.attribution_layer, seed)
+    numbers, curves, cascade_rows, _ = explain.assess(s.model, x, named, seed)
+    found.metrics["explanations"] = numbers
+    found.metrics["explanation_best"] = explain.best(numbers)
+    found.tables["deletion"] = [{k: r[k] for k in ("method", "fraction", "probability")} for r in curves
+                                if r["curve"] == "deletion"]
+    found.tables["insertion"] = [{k: r[k] for k in ("method", "fraction", "probability")} for r in curves
+                                 if r["curve"] == "insertion"]
+    found.tables["randomization"] = cascade_rows
+    raw = s.sample_images
+    shown = {name: method(s.model, s.test.normalise(raw), s.model(s.test.normalise(raw)).argmax(1)).detach().cpu()
+             for name, method in named.items() if name != "random"}
+    found.figures["explanations.png"] = figures.attribution_figure(
+        raw.cpu(), shown, s.row_labels, f"{s.name}: what each method says the prediction rests on")
+
+
 @analysis(plots={"noise": {"x": "noise", "y": "accuracy", "title": "test accuracy under salt-and-pepper noise"}})
 def noise_robustness(s: Subject, found: Findings) -> None:
     noise = accuracy_under_noise(s.model, s.test, s.options["noise_levels"], s.options["batch_size"],
@@ -329,7 +358,7 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
     data = load_prepared(prepared_dir, ("test",))
     labels = data["test"][1]
     samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device,
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
                        budget=DeviceBudget(device, max_device_bytes))
     subject = Subject(name, model, models.spec(name), ckpt["classes"], test, labels, options,
                       autocast_dtype(ckpt.get("precision", "fp32"), device), samples,

@@ -138,4 +138,6 @@ def load_checkpoint(path: str | Path, device: torch.device, expected: str | None
     _require_finite(path, ckpt["state_dict"])
     model = models.build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt
+    # inference in the memory layout the model was trained and validated in
+    from cnnlab.inference import layout
+    return model.to(device, memory_format=layout(model)).eval(), ckpt

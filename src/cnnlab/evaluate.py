@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
-from cnnlab.inference import autocast_dtype, score
+from cnnlab.inference import autocast_dtype, layout, score
 from cnnlab.outputs import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
@@ -38,7 +38,8 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     device = pick_device("auto")
     model, ckpt = load_checkpoint(checkpoint_path, device, expected=name)
     data = load_prepared(prepared_dir, ("test",))
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, budget=DeviceBudget(device, max_device_bytes))
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
+                       budget=DeviceBudget(device, max_device_bytes))
     result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device))
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]

@@ -156,6 +156,25 @@ def gradcam_figure(images: torch.Tensor, cams: torch.Tensor, guided: torch.Tenso
     return fig
 
 
+def attribution_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], title: str):
+    """One row per method, one column per image: each map scaled to its own peak."""
+    rows, columns = len(maps), len(images)
+    fig, axes = plt.subplots(rows + 1, columns, figsize=(1.2 * columns + 1.2, 1.25 * (rows + 1) + 0.4), squeeze=False)
+    for i in range(columns):
+        _show(axes[0][i], images[i])
+        axes[0][i].set_title(captions[i], fontsize=7)
+    for r, (name, found) in enumerate(maps.items(), start=1):
+        for i in range(columns):
+            peak = float(found[i].max()) or 1.0
+            axes[r][i].imshow(found[i].numpy() / peak, cmap="magma", vmin=0, vmax=1)
+            axes[r][i].set_xticks([])
+            axes[r][i].set_yticks([])
+        axes[r][0].set_ylabel(name.replace("_", "\n"), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str):
     fig, ax = plt.subplots(figsize=(6, 5.2))
     palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")

@@ -28,6 +28,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
+    """channels_last (NHWC) lets oneDNN on CPU and cuDNN on GPU pick their fastest convolution
+    kernels (benchmarks/ measures the gain). A network without convolutions gains nothing, so `auto`
+    keeps it contiguous."""
+    if memory_format != "auto":
+        return memory_format == "channels_last"
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def layout(model: nn.Module, memory_format: str = "auto") -> torch.memory_format:
+    return torch.channels_last if uses_channels_last(model, memory_format) else torch.contiguous_format
+
+
 def run(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
         index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(fp32 logits, labels) of each batch, in order (of `index` when given)."""

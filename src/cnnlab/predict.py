@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cnnlab import CnnlabError
 from cnnlab.batches import DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
-from cnnlab.datasets.folder import IMAGE_SUFFIXES, decode_files
+from cnnlab.datasets.folder import IMAGE_SUFFIXES, decode_files, hidden
 from cnnlab.inference import autocast_dtype, run
 from cnnlab.runtime import pick_device
 
@@ -31,7 +31,8 @@ def image_paths(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(hidden(part) for part in p.relative_to(path).parts))  # ._x.jpg, .git/
         elif path.is_file():
             found.append(path)
         else:

@@ -21,7 +21,7 @@ READS = {
 
 # The analyses' own tables the report writes about; any other table (a new analysis's) is shown as
 # it is, and every figure at the top of a model's analysis folder is compared across runs.
-DESCRIBED_TABLES = ("layers", "noise", "tsne", "mistakes")
+DESCRIBED_TABLES = ("layers", "noise", "tsne", "mistakes", "deletion", "insertion", "randomization")
 
 SUMMARY_COLUMNS = {
     "model": "model", "parameters": "parameters", "epochs_run": "epochs", "best_val_loss": "best val loss",
@@ -90,9 +90,10 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
         for table, plot in found["metrics"].get("plots", {}).items():  # what analyses declared plottable
             frame = found["tables"][table]
+            series = plot.get("series")  # one line per model, or per model and series (e.g. method)
             tables.setdefault(table, []).extend(
-                {"model": name, "x": row[plot["x"]], "y": row[plot["y"]], plot["x"]: row[plot["x"]],
-                 plot["y"]: row[plot["y"]]} for row in frame.to_dict("records"))
+                {"model": f"{name} {row[series]}" if series else name, "x": row[plot["x"]], "y": row[plot["y"]],
+                 plot["x"]: row[plot["x"]], plot["y"]: row[plot["y"]]} for row in frame.to_dict("records"))
         counts = pd.read_csv(paths.outputs("evaluate", name, root).confusion)
         counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
@@ -106,6 +107,11 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         curve = found["noise"]
         if curve is not None:
             model_scores[name]["noisy"] = round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4)
+        best = found["metrics"].get("explanation_best")
+        if best:  # the most faithful trusted attribution method, and how faithful
+            scored = found["metrics"]["explanations"][best]
+            model_scores[name].update(explainer=best, deletion_auc=round(scored["deletion_auc"], 3),
+                                      insertion_auc=round(scored["insertion_auc"], 3))
         for source in sorted(found["figures"].glob("*.png")):  # every analysis's own figures
             figures[f"{name}_{source.name}"] = source
         last_conv = found["metrics"].get("last_conv")
@@ -215,15 +221,76 @@ def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path("."))
         lines += [f"![{name} t-SNE]({folder}/tsne.png)", ""]
         if (folder_path / "confused.png").exists():
             lines += [f"![{name} most confident mistakes]({folder}/confused.png)", ""]
+        lines += explanation_lines(name, found, folder)
         lines += other_findings(name, found, folder)
     if data:
         counts = pd.DataFrame(data["class_counts"])
         counts.insert(0, "class", data["classes"])
         lines += ["## Class counts used", "", _markdown_table(counts), ""]
+        lines += data_card_lines(data.get("card") or {})
     return lines
 
 
-SHOWN_FIGURES = ("gradcam.png", "tsne.png", "confused.png")
+def _counts(mapping: dict) -> str:
+    return ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in mapping.items() if n) or "none"
+
+
+def data_card_lines(card: dict) -> list[str]:
+    """What download and prepare found and did, so a user can see the data was read as meant."""
+    if not card:
+        return []
+    lines = ["## Data card", "", "What `download` and `prepare` found and did (`metrics/data.json`, `card`).", ""]
+    if card.get("source"):
+        lines.append(f"- source: `{card['source']}`" + (f", split folders: {', '.join(f'{k}/ as {v}' for k, v in card['split_folders'].items())}"
+                                                         if card.get("split_folders") else ""))
+    if "skipped" in card:
+        lines.append(f"- files skipped: {_counts(card['skipped'])}")
+    if card.get("ignored_folders"):
+        lines.append(f"- folders ignored (hidden or system): {', '.join(card['ignored_folders'][:10])}")
+    if "rotated" in card or "converted" in card:
+        lines.append(f"- images turned upright by their EXIF orientation: {card.get('rotated', 0):,}; converted: "
+                     f"{_counts(card.get('converted', {}))}")
+    if "resized" in card:
+        lines.append(f"- images resized to {card['image_size']}x{card['image_size']}: {card['resized']:,}")
+    dropped = card.get("duplicates_dropped", {})
+    if dropped:
+        per_class = {k: v for k, v in dropped.get("per_class", {}).items() if v}
+        lines.append(f"- exact duplicates dropped from training: {_counts({k: v for k, v in dropped.items() if k != 'per_class'})}"
+                     + (f" (by class: {_counts(per_class)})" if per_class else ""))
+    return lines + [""]
+
+
+SHOWN_FIGURES = ("gradcam.png", "tsne.png", "confused.png", "explanations.png")
+
+
+def explanation_lines(name: str, found: dict, folder: str) -> list[str]:
+    """Which attribution methods explain this model, from the numbers: deletion and insertion AUC
+    against a random map, and the model-randomisation check."""
+    scored = found["metrics"].get("explanations")
+    if not scored:
+        return []
+    random = scored.get("random", {})
+    rows = pd.DataFrame([{"method": method, "deletion AUC (lower: better)": f"{n['deletion_auc']:.3f}",
+                          "insertion AUC (higher: better)": f"{n['insertion_auc']:.3f}",
+                          "rank correlation after randomising the weights": f"{n['randomized_spearman']:.2f}",
+                          "verdict": "baseline (ignores the model)" if method == "random" else
+                          ("faithful" if n["beats_random"] else "no better than random")
+                          + ("" if n["passes_randomization"] else ", fails the randomisation check")}
+                         for method, n in scored.items()])
+    methods = [m for m in scored if m != "random"]
+    beat = [m for m in methods if scored[m]["beats_random"]]
+    failed = [m for m in methods if not scored[m]["passes_randomization"]]
+    best = found["metrics"].get("explanation_best")
+    said = (f"Of {len(methods)} attribution methods, {len(beat)} beat a random map on both deletion and insertion "
+            f"(random: {random.get('deletion_auc', float('nan')):.3f} / {random.get('insertion_auc', float('nan')):.3f})"
+            + (f": {', '.join(beat)}" if beat else "") + ". ")
+    if set(methods) - set(beat):
+        said += f"No better than random: {', '.join(m for m in methods if m not in beat)}. "
+    said += (f"Failing the randomisation check (maps that barely change when the weights are re-initialised): "
+             f"{', '.join(failed)}. " if failed else "Every method's maps change when the weights are re-initialised. ")
+    said += f"The most faithful trusted method is {best}." if best else "No method is both faithful and model-dependent."
+    return ["#### Explanations you can trust", "", said, "", _markdown_table(rows), "",
+            f"![{name} explanations]({folder}/explanations.png)", ""]
 
 
 def other_findings(name: str, found: dict, folder: str, rows: int = 12) -> list[str]:

@@ -19,20 +19,11 @@ from cnnlab import CnnlabError, augment as augment_mod, distributed, models, tim
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import (adapt_pretrained, checkpoint, count_parameters, fetch_pretrained,
                                 is_pretrained_name, load_weights, pretrained_weights)
-from cnnlab.inference import autocast_dtype, score
+from cnnlab.inference import autocast_dtype, score, uses_channels_last
 from cnnlab.outputs import Result
 from cnnlab.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import check_memory, environment, pick_device, seed_everything
-
-
-def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
-    """channels_last (NHWC) lets oneDNN on CPU and cuDNN on GPU pick their fastest convolution
-    kernels (benchmarks/ measures the gain). A network without convolutions gains nothing, so `auto`
-    keeps it contiguous."""
-    if memory_format != "auto":
-        return memory_format == "channels_last"
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _gray_or_rgb(values: tuple[float, ...], channels: int) -> list[float]:

@@ -1,0 +1,173 @@
+"""Attribution maps and how far to trust them.
+
+Methods (each: model, normalised images, target classes -> one map per image [N, H, W]):
+- `gradcam`, `guided_gradcam`: on the layer the model's spec declares (convolutional models only);
+- `integrated_gradients`, `input_gradients`, `occlusion`: model-agnostic, from captum, so the MLP is
+  explained too;
+- `random`: a seeded random map, the baseline every method must beat.
+
+Checks, standard and cheap:
+- deletion and insertion (Petsiuk et al., RISE, 2018): pixels are removed from the image (set to
+  the data's mean, 0 after normalisation), or inserted into a mean image, in the order a map ranks
+  them; the explained class's probability is recorded at each step. The area under each curve is a
+  mean probability in [0, 1]: a faithful map has a low deletion AUC and a high insertion AUC.
+- model randomisation (Adebayo et al., "Sanity checks for saliency maps", 2018): the weights are
+  re-initialised layer by layer from the top (cascading) and the maps compared with the trained
+  model's by Spearman rank correlation; a map that barely changes explains the input, not the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+Method = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+RANDOMISATION_LIMIT = 0.5  # a map whose rank correlation with the randomised model's stays above this fails
+
+
+def _pixels(attribution: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] attributions -> [N, H, W] importance: magnitude summed over channels."""
+    return attribution.detach().abs().sum(1).float()
+
+
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+    return _pixels(IntegratedGradients(model).attribute(x, target=target, n_steps=16,
+                                                        internal_batch_size=len(x) * 16))
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import Saliency
+    return _pixels(Saliency(model).attribute(x.detach().requires_grad_(True), target=target, abs=True))
+
+
+def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How much the class score drops when a patch (a seventh of the side, on a 7x7 grid) is set to
+    the mean: positive where the evidence is."""
+    from captum.attr import Occlusion
+    side = stride = max(2, x.shape[-1] // 7)
+    with torch.no_grad():
+        found = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(x.shape[1], side, side),
+                                           strides=(x.shape[1], stride, stride), baselines=0.0,
+                                           perturbations_per_eval=16)
+    return found.sum(1).clamp_min(0).float()
+
+
+def random_map(seed: int) -> Method:
+    def random(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.rand(x.shape[0], *x.shape[2:], generator=torch.Generator().manual_seed(seed))
+    return random
+
+
+def gradcam_methods(layer: str) -> dict[str, Method]:
+    from cnnlab.analyze import grad_cam, guided_backprop
+
+    def gradcam(model, x, target):
+        return grad_cam(model, layer, x, target)[0]
+
+    def guided_gradcam(model, x, target):
+        cam = grad_cam(model, layer, x, target)[0]
+        return guided_backprop(model, x, target) * cam
+
+    return {"gradcam": gradcam, "guided_gradcam": guided_gradcam}
+
+
+def methods(attribution_layer: str | None, seed: int) -> dict[str, Method]:
+    """Every method that applies to a model: Grad-CAM's two only with a declared spatial layer."""
+    found = gradcam_methods(attribution_layer) if attribution_layer else {}
+    found.update(integrated_gradients=integrated_gradients, input_gradients=input_gradients, occlusion=occlusion)
+    found["random"] = random_map(seed)
+    return found
+
+
+@torch.no_grad()
+def probability_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                       steps: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fractions of pixels, mean deletion curve, mean insertion curve): the target class's
+    probability after removing (or with only) the top-ranked fraction of pixels, at steps + 1
+    points from 0 to 1. All steps of all images run as one batch per curve."""
+    n, pixels = x.shape[0], maps[0].numel()
+    order = maps.flatten(1).argsort(1, descending=True)           # pixel ranks per image
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels).expand(n, -1))
+    fractions = torch.linspace(0, 1, steps + 1)
+    kept = rank.unsqueeze(0) < (fractions * pixels).round().view(-1, 1, 1)   # [steps+1, N, pixels]
+    kept = kept.view(steps + 1, n, 1, *x.shape[2:]).to(x.dtype)
+    curves = []
+    for inside in (1 - kept, kept):   # deletion keeps what is not yet removed; insertion what is added
+        images = (x.unsqueeze(0) * inside).flatten(0, 1)
+        probs = F.softmax(model(images).float(), 1).view(steps + 1, n, -1)
+        curves.append(probs.gather(2, target.view(1, n, 1).expand(steps + 1, n, 1))[..., 0].mean(1).numpy())
+    return fractions.numpy(), curves[0], curves[1]
+
+
+def area(fractions: np.ndarray, curve: np.ndarray) -> float:
+    return float(np.trapezoid(curve, fractions))
+
+
+def cascade(model: nn.Module, seed: int) -> list[tuple[str, nn.Module]]:
+    """(layer, a copy of the model with that layer and every layer above it re-initialised), from
+    the top layer down (Adebayo et al.'s cascading randomisation)."""
+    layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "reset_parameters")
+              and any(True for _ in m.parameters(recurse=False))]
+    torch.manual_seed(seed)
+    randomised, steps = copy.deepcopy(model), []
+    own = dict(randomised.named_modules())
+    for name, _ in reversed(layers):
+        own[name].reset_parameters()
+        steps.append((name, copy.deepcopy(randomised).eval()))
+    return steps
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean Spearman correlation between matching maps (a map with no variation counts as 0)."""
+    values = []
+    for one, other in zip(a.flatten(1).numpy(), b.flatten(1).numpy()):
+        rho = spearmanr(one, other).statistic if one.std() > 0 and other.std() > 0 else 0.0
+        values.append(0.0 if np.isnan(rho) else float(rho))
+    return float(np.mean(values))
+
+
+def assess(model: nn.Module, x: torch.Tensor, named: dict[str, Method], seed: int, steps: int = 10,
+           randomisation_images: int = 8) -> tuple[dict, list[dict], list[dict], dict[str, torch.Tensor]]:
+    """Each method's maps for the images `x` (explaining the predicted class), scored.
+
+    Returns (numbers per method: deletion_auc, insertion_auc, randomized_spearman, passes; curve
+    rows: method, curve, fraction, probability; cascade rows: method, layer, spearman; the maps)."""
+    model.eval()
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    numbers, curves, cascade_rows, maps = {}, [], [], {}
+    randomised = cascade(model, seed)
+    few = slice(0, randomisation_images)
+    for name, method in named.items():
+        maps[name] = method(model, x, target).detach().float().cpu()
+        fractions, deletion, insertion = probability_curves(model, x, target, maps[name].to(x.device), steps)
+        curves += [{"method": name, "curve": kind, "fraction": round(float(f), 4), "probability": float(p)}
+                   for kind, values in (("deletion", deletion), ("insertion", insertion))
+                   for f, p in zip(fractions, values)]
+        rho = 1.0
+        for layer, random_model in randomised:
+            rho = rank_correlation(maps[name][few], method(random_model, x[few], target[few]).detach().float().cpu())
+            cascade_rows.append({"method": name, "layer": layer, "spearman": rho})
+        numbers[name] = {"deletion_auc": area(fractions, deletion), "insertion_auc": area(fractions, insertion),
+                         "randomized_spearman": rho}
+    random = numbers.get("random")
+    for name, n in numbers.items():
+        n["beats_random"] = random is None or name == "random" or (
+            n["deletion_auc"] < random["deletion_auc"] and n["insertion_auc"] > random["insertion_auc"])
+        n["passes_randomization"] = n["randomized_spearman"] < RANDOMISATION_LIMIT
+    return numbers, curves, cascade_rows, maps
+
+
+def best(numbers: dict) -> str | None:
+    """The method with the widest gap between insertion and deletion AUC that beats random and
+    passes the randomisation check (None when none does)."""
+    trusted = [name for name, n in numbers.items() if name != "random" and n["beats_random"]
+               and n["passes_randomization"]]
+    return max(trusted, key=lambda name: numbers[name]["insertion_auc"] - numbers[name]["deletion_auc"], default=None)
