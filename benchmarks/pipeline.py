@@ -100,8 +100,9 @@ def main() -> None:
     from cnnlab.runtime import device_name, environment
     import torch
     env = environment(torch.device("cpu"), 0)
+    import datetime
     header = (f"# Pipeline time, {device_name(torch.device('cpu'))}, {env['threads']} threads, "
-              f"torch {env['torch']}\n\n")
+              f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `python benchmarks/pipeline.py`.\n\n")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"env": env, "runs": runs}, indent=2) + "\n")

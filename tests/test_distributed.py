@@ -246,7 +246,7 @@ def test_queued_sweep_runs_in_parallel_workers_from_a_clean_clone(tmp_path):
     params["data"]["verify_checksums"] = False
     params["models"] = ["mlp"]
     params["train"].update(epochs=1, batch_size=32, progress=False)
-    params["analyze"].update(tsne_samples=100, samples_per_class=1)
+    params["analyze"].update(tsne_samples=100, samples_per_class=1, explain_samples=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(tmp_path / "mirror", n_train=400, n_test=100)),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",

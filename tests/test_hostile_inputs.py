@@ -336,3 +336,32 @@ def test_a_stage_ends_when_its_parent_dies(prepared, tmp_path):
         time.sleep(0.2)
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     assert not (project / "models" / "mlp.pt").exists() and not (project / "metrics").exists()
+
+
+def test_a_checkpoint_copied_over_another_models_is_refused(prepared, tmp_path):
+    """lenet.pt copied over mlp.pt must not score as the MLP: one line, exit 1, nothing written."""
+    project = fresh(prepared, tmp_path)
+    train_once(project)
+    shutil.copy(project / "models" / "mlp.pt", project / "models" / "lenet.pt")
+    for stage_script in ("stages/evaluate.py", "stages/analyze.py"):
+        assert_one_line_error(run(project, stage_script, "lenet"),
+                              "models/lenet.pt: holds a trained mlp, not lenet", "dvc repro -f -s train@lenet")
+    assert not (project / "metrics" / "test" / "lenet.json").exists()
+    assert not (project / "metrics" / "analysis" / "lenet.json").exists()
+
+
+def test_an_image_size_too_small_for_the_model_stops_before_training(tmp_path):
+    import torch
+
+    from cnnlab import CnnlabError
+    from cnnlab.prepare import prepare, save_prepared
+    from cnnlab.train import train_model
+    from conftest import base_params
+    images = torch.randint(0, 255, (40, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 2
+    options = {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.25,
+               "val_size": None, "class_fraction": {}, "seed": 0}
+    save_prepared(prepare((images, labels), (images[:10], labels[:10]), ("a", "b"), options), tmp_path / "prepared")
+    params = base_params()
+    with pytest.raises(CnnlabError, match=r"data.image_size 8 is too small for lenet \(it needs at least 12 pixels\)"):
+        train_model("lenet", params, tmp_path / "prepared")

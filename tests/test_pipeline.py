@@ -15,6 +15,8 @@ from conftest import REPO, make_mirror
 
 MODELS = ["mlp", "cnn", "lenet"]
 NOISE_CHART = "plots/compare/tables/noise.csv"  # the noise analysis's declared plot, drawn for every model
+# the explanations analysis's: one line per model and attribution method
+EXPLANATION_CHARTS = {"plots/compare/tables/deletion.csv", "plots/compare/tables/insertion.csv"}
 GENERATED = ("dvc.lock", "metrics/", "plots/", "report/", "data/raw", "data/prepared", "models/")
 
 
@@ -34,6 +36,7 @@ def project(tmp_path_factory):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["verify_checksums"] = False  # generated data has no known checksum
     params["train"].update(epochs=3, batch_size=32, lr=0.003, progress=False)
+    params["analyze"].update(explain_samples=16)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(root / "mirror", n_train=800, n_test=300)),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -55,10 +58,21 @@ def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+def make_repro(project_env) -> str:
+    """The README's first command, `make repro`, on the copy: with this checkout's environment
+    (linked, and not reinstalled: -o keeps make from redoing the set-up) and the generated mirror."""
+    project, env = project_env
+    (project / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    result = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_repro_builds_every_contract_output_and_is_idempotent(project):
     root = project[0]
-    first = dvc(project, "repro")
+    first = make_repro(project)
     assert {"download", "prepare", "report", *(f"train@{m}" for m in MODELS)} <= set(ran(first))
     for model in MODELS:
         test = json.loads((root / f"metrics/test/{model}.json").read_text())
@@ -99,7 +113,7 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
     dvc(project, "plots", "show", "-o", "dvc_plots")
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "<script src" not in page and "cdn.jsdelivr" not in page  # nothing to fetch: renders offline
-    assert page.count("vegaEmbed(") == 7  # the seven charts, each rendered by the inlined Vega-Embed
+    assert page.count("vegaEmbed(") == 9  # the nine charts, each rendered by the inlined Vega-Embed
 
 
 def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions: list[str]) -> None:
@@ -108,7 +122,11 @@ def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions
     plots = shown["data"]
     charts = {name: items for name, items in plots.items() if items[0]["type"] == "vega"}
     assert set(charts) == {"val_accuracy", "train_loss", "val_loss", "step_loss", "step_accuracy",
-                           NOISE_CHART, "confusion"}
+                           NOISE_CHART, "confusion"} | EXPLANATION_CHARTS
+    for name in EXPLANATION_CHARTS:
+        values = charts.pop(name)[0]["content"]["data"]["values"]
+        assert {(row["rev"], row["model"].split()[0]) for row in values} == {(rev, m) for rev in revisions for m in models}
+        assert {row["model"].split()[1] for row in values} >= {"integrated_gradients", "occlusion", "random"}
     for name, items in charts.items():
         values = items[0]["content"]["data"]["values"]
         seen = {(row["rev"], row["model"]) for row in values}

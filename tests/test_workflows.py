@@ -43,7 +43,8 @@ def team(tmp_path_factory):
     params["data"]["verify_checksums"] = False
     params["models"] = MODELS
     params["train"].update(epochs=1, batch_size=64, progress=False)
-    params["analyze"].update(tsne_samples=60, tsne_iterations=250, noise_levels=[0, 0.1], max_channels=2)
+    params["analyze"].update(tsne_samples=60, tsne_iterations=250, noise_levels=[0, 0.1], max_channels=2,
+                             explain_samples=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(root / "mirror", n_train=300, n_test=100)),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
@@ -97,6 +98,23 @@ def test_edits_rerun_only_what_they_affect(team):
     assert after("params.yaml", "brand_new:\n  lr: 0.1\n") == set()
 
 
+def test_a_params_mistake_stops_in_one_line_and_costs_no_report(team):
+    """`models: [mlp, mlp]`: DVC drops the duplicate stage and runs the report, which refuses the
+    params; the last report stays (its outputs persist until the stage succeeds)."""
+    project, env, _, _ = team
+    kept = {p: (project / p).read_bytes() for p in ("report/README.md", "metrics/scores.json", "plots/compare/epochs.csv")}
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("models:\n- mlp\n- lenet\n", "models:\n- mlp\n- mlp\n"))
+    try:
+        result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode != 0
+        assert "error: params.yaml: models must be a non-empty list of distinct names" in result.stdout + result.stderr
+        assert {p: (project / p).read_bytes() for p in kept} == kept
+    finally:
+        (project / "params.yaml").write_text(text)
+    assert status(project, env) == set()
+
+
 def test_a_pulled_clone_is_up_to_date_and_retrains_nothing(team):
     _, env, _, _ = team
     b = clone(team, "b")
@@ -111,14 +129,14 @@ def test_a_pulled_clone_is_up_to_date_and_retrains_nothing(team):
     assert ran(sh(b, env, "dvc", "repro", "-f", "-s", "report")) == ["report"]
 
 
-def exp_names(shown: list) -> dict[str, dict]:
-    """name -> metrics of every experiment in `dvc exp show --json`."""
+def exp_names(shown: list, file: str = "metrics/scores.json") -> dict[str, dict]:
+    """name -> the metrics `file` of every experiment in `dvc exp show --json`."""
     found = {}
     for baseline in shown:
         for group in baseline.get("experiments") or []:
             for exp in group["revs"]:
                 data = exp.get("data") or {}
-                found[exp.get("name")] = (data.get("metrics") or {}).get("metrics/scores.json", {}).get("data", {})
+                found[exp.get("name")] = (data.get("metrics") or {}).get(file, {}).get("data", {})
     return found
 
 
@@ -159,8 +177,10 @@ def test_two_sweep_workers_run_concurrently_and_both_show_up_in_the_head_clone(t
         assert set(ran(out)) == {"train@mlp", "evaluate@mlp", "analyze@mlp", "report"}, out
     assert not list(root.glob("cnnlab-worker.*"))  # each worker removed its clone
     sh(a, env, "dvc", "exp", "pull", "origin", "sweep-0", "sweep-1")
-    shown = exp_names(json.loads(sh(a, env, "dvc", "exp", "show", "--json")))
-    assert {"sweep-0", "sweep-1"} <= set(shown) and shown["sweep-0"]["test"] != shown["sweep-1"]["test"]
+    table = json.loads(sh(a, env, "dvc", "exp", "show", "--json"))
+    assert {"sweep-0", "sweep-1"} <= set(exp_names(table))
+    mlp = exp_names(table, "metrics/models/mlp.json")  # each worker's own MLP (dropout 0 and 0.5)
+    assert mlp["sweep-0"]["silhouette"] != mlp["sweep-1"]["silhouette"], mlp
     plots = json.loads(sh(a, env, "dvc", "plots", "diff", "--json", "sweep-0", "sweep-1"))["data"]
     seen = {(row["rev"], row["model"]) for row in plots["val_accuracy"][0]["content"]["data"]["values"]}
     assert seen == {(rev, m) for rev in ("sweep-0", "sweep-1") for m in MODELS}
@@ -184,22 +204,24 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
 
     with open(a / "src/cnnlab/analyze.py", "a") as stream:
         stream.write("\n\n" + python[1])
-    assert status(a, env) == {"analyze@mlp", "analyze@lenet"}
-    assert set(ran(sh(a, env, "dvc", "repro"))) == {"analyze@mlp", "analyze@lenet", "report"}
-    for model in MODELS:
+    every = {f"analyze@{m}" for m in [*MODELS, "tiny"]}  # the workspace now trains tiny too
+    assert status(a, env) == every
+    assert set(ran(sh(a, env, "dvc", "repro"))) == every | {"report"}
+    for model in [*MODELS, "tiny"]:
         shares = [float(r.split(",")[1]) for r in (a / f"plots/tables/{model}/confidence.csv").read_text().split()[1:]]
         assert sum(shares) == pytest.approx(1.0)
         assert 0.1 <= json.loads((a / f"metrics/analysis/{model}.json").read_text())["mean_confidence"] <= 1
     chart = json.loads(sh(a, env, "dvc", "plots", "show", "--json"))["data"]["plots/compare/tables/confidence.csv"]
-    assert {row["model"] for row in chart[0]["content"]["data"]["values"]} == set(MODELS)
+    assert {row["model"] for row in chart[0]["content"]["data"]["values"]} == {*MODELS, "tiny"}
     assert "Table confidence" in (a / "report/README.md").read_text()
 
 
 def test_the_add_a_dataset_walkthrough_works_as_written(team):
     a, env, _, _ = team
+    before = status(a, env)
     with open(a / "src/cnnlab/datasets/__init__.py", "a") as stream:
         stream.write("\n" + code_blocks("python")[2])
-    assert status(a, env) == {"download", "prepare"}
+    assert status(a, env) - before == {"download", "prepare"}
     command = code_blocks("bash")[2].split()
     out = sh(a, env, *command)
     assert {"download", "prepare"} <= set(ran(out))

@@ -45,7 +45,7 @@ def random_shift_scale(images: torch.Tensor, shift: float, scale: float, generat
     zoom = 1 + uniform(scale)
     theta = torch.zeros(n, 2, 3, device=images.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
-    theta[:, 0, 2] = uniform(2 * shift)   # affine_grid spans -1..1, so a shift of s is 2s there
+    theta[:, 0, 2] = uniform(2 * shift)   # affine_grid spans -1..1, so a shift of f is 2f there
     theta[:, 1, 2] = uniform(2 * shift)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -17,6 +17,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _schema(check: Check, schema: dict) -> Check:
+    """Attach the JSON Schema of what `check` accepts (tools/docs_tables.py writes params.schema.json)."""
+    check.json_schema = schema
+    return check
+
+
 def integer(minimum: int | None = None, maximum: int | None = None, optional: bool = False) -> Check:
     def check(value):
         if value is None and optional:
@@ -27,7 +33,8 @@ def integer(minimum: int | None = None, maximum: int | None = None, optional: bo
                                               f"<= {maximum}" if maximum is not None else "") if b)
             raise ValueError("an integer" + (f" {bounds}" if bounds else "") + (" or null" if optional else ""))
         return value
-    return check
+    bounds = {k: v for k, v in (("minimum", minimum), ("maximum", maximum)) if v is not None}
+    return _schema(check, {"type": ["integer", "null"] if optional else "integer", **bounds})
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -45,7 +52,12 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
             bounds = " and ".join(p for p in (lo, hi) if p)
             raise ValueError("a finite number" + (f" {bounds}" if bounds else ""))
         return float(value)
-    return check
+    bounds = {}
+    if low is not None:
+        bounds["exclusiveMinimum" if low_open else "minimum"] = low
+    if high is not None:
+        bounds["exclusiveMaximum" if high_open else "maximum"] = high
+    return _schema(check, {"type": "number", **bounds})
 
 
 def choice(*options: str) -> Check:
@@ -54,7 +66,7 @@ def choice(*options: str) -> Check:
             raise ValueError("one of " + ", ".join(options))
         return value
     check.options = options
-    return check
+    return _schema(check, {"enum": list(options)})
 
 
 def boolean(value):
@@ -75,13 +87,18 @@ def optional_text(value):
     return value
 
 
+_schema(boolean, {"type": "boolean"})
+_schema(text, {"type": "string"})
+_schema(optional_text, {"type": ["string", "null"]})
+
+
 def number_list(low: float, high: float) -> Check:
     def check(value):
         if not isinstance(value, list) or not value or not all(
                 _is_number(v) and math.isfinite(v) and low <= v <= high for v in value):
             raise ValueError(f"a non-empty list of numbers from {low} to {high}")
         return [float(v) for v in value]
-    return check
+    return _schema(check, {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": low, "maximum": high}})
 
 
 def class_fractions(value):
@@ -95,6 +112,10 @@ def class_fractions(value):
     return {int(k): float(v) for k, v in value.items()}
 
 
+_schema(class_fractions, {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"},
+                          "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}})
+
+
 def names(allowed) -> Check:
     """A non-empty list of distinct names, each one of `allowed`."""
     def check(value):
@@ -102,4 +123,4 @@ def names(allowed) -> Check:
                 or len(set(value)) != len(value) or any(v not in allowed for v in value):
             raise ValueError("a non-empty list of distinct names from " + ", ".join(allowed))
         return value
-    return check
+    return _schema(check, {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(allowed)}})

@@ -36,6 +36,11 @@ def _augment(value):
     return {**AUGMENT_OFF, **_check_section("augment", value, AUGMENT_CHECKS, required=False)}
 
 
+_augment.allowed = "a mapping of " + ", ".join(AUGMENT_CHECKS) + " (each optional: left out is off)"
+_augment.json_schema = {"type": ["object", "null"], "additionalProperties": False,
+                        "properties": {key: check.json_schema for key, check in AUGMENT_CHECKS.items()}}
+
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -457,7 +457,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "best_val_loss": result.best_val_loss,
         "val_accuracy": result.val_accuracy,
         "stopped_early": result.stopped_early,
-        "train_seconds": round(result.train_seconds, 3),  # to the millisecond: a fast epoch takes about 1 s
+        "train_seconds": round(result.train_seconds, 3),  # to the millisecond: a fast epoch is short
         "images_per_second": round(result.images_per_second, 1),
         "train_images": len(train),
         "dataset": info.get("dataset", ""),

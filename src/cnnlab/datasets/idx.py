@@ -111,7 +111,7 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
 
 def read_idx(path: Path, dims: int):
     """An IDX file of unsigned bytes as a uint8 tensor of its declared shape (torchvision's
-    read_image_file does the same, but importing it imports all of torchvision: 1.7 s)."""
+    read_image_file does the same, but importing it imports all of torchvision)."""
     import struct
     import numpy as np
     import torch

@@ -1,0 +1,224 @@
+"""Every number table in README.md and docs/, written from what the pipeline and the benchmarks
+committed: never typed. Also writes the params reference (docs/params.md) and the JSON Schema of
+params.yaml (params.schema.json) from the validation schema in cnnlab/params.py.
+
+    python tools/docs_tables.py          # rewrite the tables in place
+    python tools/docs_tables.py --check  # exit 1, naming the file, if any table is stale (a test runs this)
+
+A table lives between `<!-- table: NAME -->` and `<!-- /table -->` in a Markdown file; NAME is one of
+TABLES below, or `include: PATH` to copy the tables of a committed benchmark report
+(benchmarks/results/*.md, written by the benchmark scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from cnnlab import checks, models, paths  # noqa: E402
+from cnnlab.datasets import DATASETS  # noqa: E402
+from cnnlab.params import SCHEMA, read_yaml  # noqa: E402
+
+MARKER = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+SCHEMA_FILE = ROOT / "params.schema.json"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def results() -> str:
+    """The default pipeline's models, from the committed metrics."""
+    with open(ROOT / paths.outputs("report").summary) as stream:
+        summary = list(csv.DictReader(stream))
+    rows = []
+    for row in summary:
+        trained = _read_json(ROOT / paths.outputs("train", row["model"]).metrics)
+        rows.append([row["model"], f"{int(row['parameters']):,}", f"**{float(row['test_accuracy']):.2%}**",
+                     f"{float(row['test_macro_f1']):.4f}", f"{float(row['val_accuracy']):.2%}",
+                     f"{trained['best_epoch']} of {trained['epochs_run']}", f"{float(row['train_seconds']):.1f}",
+                     f"{float(row['images_per_second']):,.0f}"])
+    first = summary[0]
+    caption = (f"\nMeasured on {first['device']} ({first['threads']} threads), torch {first['torch']}, seed "
+               f"{first['seed']}, dataset {first['dataset']}: `metrics/summary.csv` of the committed run.\n")
+    return markdown_table(["model", "parameters", "test acc", "test macro F1", "val acc", "best epoch",
+                           "train s", "train images/s"], rows) + caption
+
+
+def explanations() -> str:
+    """Attribution methods per model: deletion and insertion AUC, randomisation, verdict."""
+    with open(ROOT / paths.outputs("report").summary) as stream:
+        names = [row["model"] for row in csv.DictReader(stream)]
+    rows = []
+    for name in names:
+        found = _read_json(ROOT / paths.outputs("analyze", name).metrics)
+        for method, n in found.get("explanations", {}).items():
+            verdict = "baseline" if method == "random" else (
+                ("faithful" if n["beats_random"] else "no better than random")
+                + ("" if n["passes_randomization"] else ", fails randomisation")
+                + (" (best)" if method == found.get("explanation_best") else ""))
+            rows.append([name, method, f"{n['deletion_auc']:.3f}", f"{n['insertion_auc']:.3f}",
+                         f"{n['randomized_spearman']:.2f}", verdict])
+    return markdown_table(["model", "method", "deletion AUC", "insertion AUC", "randomised rank corr.", "verdict"], rows)
+
+
+def embeddings() -> str:
+    """Per model: silhouette of its embeddings and of the pixels, accuracy at each noise level."""
+    with open(ROOT / paths.outputs("report").summary) as stream:
+        names = [row["model"] for row in csv.DictReader(stream)]
+    found = {name: _read_json(ROOT / paths.outputs("analyze", name).metrics) for name in names}
+    levels = list(next(iter(found.values()))["noise_accuracy"])
+    rows = [[name, f"{m['silhouette']:.3f}", f"{m['silhouette_pixels']:.3f}",
+             *(f"{m['noise_accuracy'][level]:.2%}" for level in levels)] for name, m in found.items()]
+    return markdown_table(["model", "silhouette, embeddings", "silhouette, raw pixels",
+                           *(f"acc, noise {level}" for level in levels)], rows)
+
+
+def studies() -> str:
+    """Each original study beside what cnnlab measured on its setup (benchmarks/results/studies.json)."""
+    found = _read_json(ROOT / "benchmarks" / "results" / "studies.json")
+    rows = [[s["study"], s["reported"], s["cnnlab"], s["time"] + (f" (recorded {s['measured']})" if s["recorded"] else ""),
+             f"`{s['command']}`"] for s in found["studies"]]
+    return markdown_table(["study", "it reported", "cnnlab measured", "time", "command"], rows) + \
+        f"\n{found['measured_on']}\n"
+
+
+def _allowed(check) -> str:
+    """What a checker accepts, in its own words: the message it gives for a value it refuses."""
+    if hasattr(check, "allowed"):
+        return check.allowed
+    try:
+        check(object())
+    except ValueError as reason:
+        return str(reason)
+    return "any value"
+
+
+def _comments() -> dict[str, str]:
+    """key path -> the comment beside it in params.yaml (what the key does, in the file's words)."""
+    found, stack = {}, []
+    for line in (ROOT / "params.yaml").read_text().splitlines():
+        match = re.match(r"^( *)([A-Za-z_]+):(.*)$", line)
+        if not match:
+            continue
+        indent, key, rest = len(match.group(1)) // 2, match.group(2), match.group(3)
+        stack = stack[:indent] + [key]
+        if "#" in rest:
+            found[".".join(stack)] = rest.split("#", 1)[1].strip()
+    return found
+
+
+def _default(value) -> str:
+    return "null" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else \
+        str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def params_reference() -> str:
+    raw, said = read_yaml((ROOT / "params.yaml").read_text()), _comments()
+    rows = []
+    for section, section_checks in SCHEMA.items():
+        for key, check in section_checks.items():
+            path = f"{section}.{key}"
+            allowed = "one of " + ", ".join(DATASETS) if path == "data.dataset" else _allowed(check)
+            rows.append([f"`{path}`", allowed.replace("|", "\\|"), f"`{_default(raw[section][key])}`",
+                         said.get(path, "").replace("|", "\\|")])
+    rows.append(["`models`", _allowed(checks.names(models.names())), f"`{_default(raw['models'])}`",
+                 said.get("models", "")])
+    table = markdown_table(["key", "allowed", "default", "what it does"], rows)
+    per_model = []
+    for name in models.names():
+        signature = inspect.signature(models.spec(name).build).parameters
+        for option, check in models.options(name).items():
+            module = sys.modules[models.spec(name).build.__module__]
+            per_model.append([f"`{name}.{option}`", _allowed(check), f"`{_default(signature[option].default)}`",
+                              (module.__doc__ or "").strip().split("\n")[0]])
+    return table + "\nModel options (in the model's own section, beside any `train:` key it overrides):\n\n" + \
+        markdown_table(["key", "allowed", "default", "model"], per_model)
+
+
+def json_schema() -> dict:
+    """A JSON Schema of params.yaml (draft 2020-12) for editors: VS Code's YAML extension completes
+    and checks keys with it (params.yaml names it in its first line)."""
+    said = _comments()
+
+    def described(path: str, check) -> dict:
+        return {**getattr(check, "json_schema", {}), "description": said.get(path, _allowed(check))}
+
+    sections = {section: {"type": "object", "additionalProperties": False,
+                          "properties": {key: described(f"{section}.{key}", check)
+                                         for key, check in section_checks.items()}}
+                for section, section_checks in SCHEMA.items()}
+    sections["models"] = {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(models.names())},
+                          "description": said.get("models", "")}
+    model_section = {"type": ["object", "null"], "description": "this model's options and any train: key it overrides"}
+    for name in models.names():
+        own = {key: described(f"{name}.{key}", check) for key, check in models.options(name).items()}
+        sections[name] = {**model_section, "properties": {**sections["train"]["properties"], **own},
+                          "additionalProperties": False}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "cnnlab params.yaml",
+            "type": "object", "additionalProperties": False, "required": [s for s in SCHEMA] + ["models"],
+            "properties": sections}
+
+
+TABLES = {"results": results, "embeddings": embeddings, "explanations": explanations, "studies": studies,
+          "params": params_reference}
+
+
+def include(path: str) -> str:
+    """The tables (and their captions) of a committed benchmark report, without its title."""
+    text = (ROOT / path).read_text()
+    return re.sub(r"^# .*\n\n?", "", text, count=1)
+
+
+def render(text: str) -> str:
+    def fill(match):
+        name = match.group("name").strip()
+        body = include(name.split(":", 1)[1].strip()) if name.startswith("include:") else TABLES[name]()
+        return f"{match.group(1)}{body}{match.group(4)}"
+    return MARKER.sub(fill, text)
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if a table is stale; change nothing")
+    check = parser.parse_args().check
+    stale = []
+    for path in documents():
+        text = path.read_text()
+        fresh = render(text)
+        if fresh != text:
+            stale.append(path.relative_to(ROOT))
+            if not check:
+                path.write_text(fresh)
+    schema = json.dumps(json_schema(), indent=2) + "\n"
+    if not SCHEMA_FILE.exists() or SCHEMA_FILE.read_text() != schema:
+        stale.append(SCHEMA_FILE.relative_to(ROOT))
+        if not check:
+            SCHEMA_FILE.write_text(schema)
+    if stale and check:
+        print(f"stale: {', '.join(map(str, stale))}; run python tools/docs_tables.py", file=sys.stderr)
+        return 1
+    print(("rewrote: " + ", ".join(map(str, stale))) if stale else "every table is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
