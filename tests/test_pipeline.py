@@ -201,3 +201,19 @@ def test_exp_run_with_fewer_epochs_retrains_and_shows_in_exp_show(project):
     assert any("cnn_gradcam" in name for name in images)
     for items in (plots[name] for name in images):
         assert {item["revisions"][0] for item in items} <= {"short", "mlp-only"}
+
+
+@pytest.mark.slow
+def test_the_getting_started_commands_run_as_written(project):
+    """docs/getting-started.md's commands: its first block is `make repro` (the first test here) and
+    `make test` (CI's .ci/run); its second block runs here, as a user types it."""
+    import re
+    root, env = project
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "docs" / "getting-started.md").read_text(), re.S)
+    assert [line.split()[:2] for line in blocks[0].strip().splitlines()] == [["make", "repro"], ["make", "test"]]
+    if not (root / ".venv").exists():  # the environment `make repro` set up (linked by make_repro)
+        (root / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    result = subprocess.run(["bash", "-e", "-c", blocks[1]], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train.epochs" in result.stdout and "Running stage 'train@" in result.stdout

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,13 @@ def test_export_writes_a_program_that_matches_the_model(trained, tmp_path):
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 1, 28, 28)).astype(np.float32))
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_export_to_a_folder_or_an_unwritable_place_is_one_line(trained, tmp_path):
+    (tmp_path / "taken.pt2").mkdir()
+    for target, fragment in ((tmp_path / "taken.pt2", "Is a directory; a folder stands where a file is needed"),
+                             (Path("/proc/cnnlab-test.pt2"), "/proc/cnnlab-test.pt2: ")):
+        result = cli(trained / "lenet.pt", "--export", str(target))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert fragment in lines[0] and ".cnnlab-tmp" not in lines[0], lines[0]

@@ -241,3 +241,32 @@ def test_splits_over_the_device_budget_stay_in_host_memory_with_the_same_results
         assert [s["loss"] for s in steps] == [s["loss"] for s in runs[None][3]]
         assert [h["val_loss"] for h in history] == [h["val_loss"] for h in runs[None][2]]
         assert test["accuracy"] == runs[None][4]["accuracy"] and test["loss"] == runs[None][4]["loss"]
+
+
+def test_freeze_and_embeddings_take_the_declared_head_not_the_last_layer_with_parameters(tmp_path, monkeypatch):
+    """A model that ends in a norm layer: structural guessing would take the BatchNorm as the head;
+    the spec declares the Linear before it, and freeze and the embeddings follow the declaration."""
+    from torch import nn
+
+    from cnnlab import models
+    from cnnlab.batches import DeviceSplit
+    from cnnlab.inference import embeddings
+    from conftest import base_params
+
+    def normtail(in_channels, num_classes, image_size):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16), nn.ReLU(),
+                             nn.Linear(16, num_classes), nn.BatchNorm1d(num_classes))
+
+    declared = models.ModelSpec(build=normtail, head="3", attribution_layer=None)
+    real = models.spec
+    monkeypatch.setattr(models, "spec", lambda name: declared if name == "normtail" else real(name))
+    params = base_params()
+    params["normtail"] = {"freeze": True, "epochs": 1, "batch_size": 16, "progress": False, "eval_batch_size": 64}
+    ckpt, metrics, _, _ = train_outputs(train_model("normtail", params, prepared_dir(tmp_path, 1)), tmp_path)
+    assert metrics["parameters"] == 16 * 10 + 10  # only the declared head trained, not the BatchNorm's 20
+    model = normtail(1, 10, 28)
+    model.load_state_dict(ckpt["state_dict"])
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    data = DeviceSplit(images, torch.zeros(6, dtype=torch.long), [0.5], [0.25], torch.device("cpu"))
+    features = embeddings(model, model.get_submodule(declared.head), data, torch.arange(6), 4)
+    assert features.shape == (6, 16)  # the head's input; the BatchNorm's would be 10-d

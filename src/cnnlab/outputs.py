@@ -126,14 +126,18 @@ def _fsync(path: Path) -> None:
 
 
 def write_atomically(target: str | Path, write) -> None:
-    """write(path) to a temporary beside `target`, synced, then renamed over it in one step."""
-    temporary = _temporary(Path(target), os.getpid())
+    """write(path) to a temporary beside `target`, synced, then renamed over it in one step. A
+    failure names `target`, never the temporary."""
+    holder = Path(target).parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
     try:
+        temporary = _temporary(Path(target), os.getpid())
         write(temporary)
         _fsync(temporary)
         os.replace(temporary, target)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(target)) from None
     finally:
-        shutil.rmtree(temporary.parent, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "report")

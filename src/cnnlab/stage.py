@@ -86,9 +86,7 @@ FIXES = {
 
 def file_problem(err: OSError) -> str:
     """One line for an OSError: the file, the cause, the fix."""
-    where = err.filename or "a file"
-    if err.filename2:
-        where = f"{err.filename} -> {err.filename2}"
+    where = err.filename2 or err.filename or "a file"  # a rename names its target: not a temporary
     cause = err.strerror or type(err).__name__
     fix = FIXES.get(err.errno, "check the path, its permissions and the free space")
     return f"{where}: {cause}; {fix}"
