@@ -216,4 +216,4 @@ def test_the_getting_started_commands_run_as_written(project):
     result = subprocess.run(["bash", "-e", "-c", blocks[1]], cwd=root, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "train.epochs" in result.stdout and "Running stage 'train@" in result.stdout
+    assert "Reproducing experiment" in result.stdout and "Experiment" in result.stdout  # the run, then its table
