@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cnnlab import checks, models, paths  # noqa: E402
+from cnnlab import checks, models, paths, report  # noqa: E402
 from cnnlab.datasets import DATASETS  # noqa: E402
 from cnnlab.params import SCHEMA, read_yaml  # noqa: E402
 
@@ -67,12 +67,9 @@ def explanations() -> str:
     for name in names:
         found = _read_json(ROOT / paths.outputs("analyze", name).metrics)
         for method, n in found.get("explanations", {}).items():
-            verdict = "baseline" if method == "random" else (
-                ("faithful" if n["beats_random"] else "no better than random")
-                + ("" if n["passes_randomization"] else ", fails randomisation")
-                + (" (best)" if method == found.get("explanation_best") else ""))
+            said = report.verdict(method, n) + (" (best)" if method == found.get("explanation_best") else "")
             rows.append([name, method, f"{n['deletion_auc']:.3f}", f"{n['insertion_auc']:.3f}",
-                         f"{n['randomized_spearman']:.2f}", verdict])
+                         f"{n['randomized_spearman']:.2f}", said])
     return markdown_table(["model", "method", "deletion AUC", "insertion AUC", "randomised rank corr.", "verdict"], rows)
 
 

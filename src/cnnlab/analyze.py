@@ -124,13 +124,13 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
     return x.grad.detach().clamp(min=0).amax(1)
 
 
-def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor
+def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """(Grad-CAM, Guided Grad-CAM, predicted class, layer): the Grad-CAM paper's two maps. Grad-CAM
-    on the last block is class-discriminative but as coarse as that block (5x5 for LeNet); Guided
-    Grad-CAM multiplies it by guided backpropagation to reach the input's resolution. Each map is
-    scaled to a peak of 1."""
-    cam, target, label = grad_cam(model, layer, x)
+    """(Grad-CAM, Guided Grad-CAM, the class explained, layer): the Grad-CAM paper's two maps, for the
+    predicted class unless `target` is given. Grad-CAM on the last block is class-discriminative but
+    as coarse as that block (5x5 for LeNet); Guided Grad-CAM multiplies it by guided backpropagation
+    to reach the input's resolution. Each map is scaled to a peak of 1."""
+    cam, target, label = grad_cam(model, layer, x, target)
     guided = guided_backprop(model, x, target) * cam
     return cam, guided / guided.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1), target, label
 
@@ -336,8 +336,10 @@ def explanations(s: Subject, found: Findings) -> None:
                                  if r["curve"] == "insertion"]
     found.tables["randomization"] = cascade_rows
     raw = s.sample_images
-    shown = {name: method(s.model, s.test.normalise(raw), s.model(s.test.normalise(raw)).argmax(1)).detach().cpu()
-             for name, method in named.items() if name != "random"}
+    images = s.test.normalise(raw)
+    with torch.no_grad():
+        predicted = s.model(images).argmax(1)
+    shown = {name: method(s.model, images, predicted).detach().cpu() for name, method in named.items() if name != "random"}
     found.figures["explanations.png"] = figures.attribution_figure(
         raw.cpu(), shown, s.row_labels, f"{s.name}: what each method says the prediction rests on")
 

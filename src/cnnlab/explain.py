@@ -66,14 +66,14 @@ def random_map(seed: int) -> Method:
 
 
 def gradcam_methods(layer: str) -> dict[str, Method]:
-    from cnnlab.analyze import grad_cam, guided_backprop
+    """Grad-CAM and Guided Grad-CAM on `layer` (cnnlab.analyze's, for the given classes)."""
+    from cnnlab.analyze import grad_cam, guided_grad_cam
 
     def gradcam(model, x, target):
         return grad_cam(model, layer, x, target)[0]
 
     def guided_gradcam(model, x, target):
-        cam = grad_cam(model, layer, x, target)[0]
-        return guided_backprop(model, x, target) * cam
+        return guided_grad_cam(model, layer, x, target)[1]
 
     return {"gradcam": gradcam, "guided_gradcam": guided_gradcam}
 

@@ -32,10 +32,15 @@ TEMPORARY_PREFIX = ".cnnlab-tmp-"
 HANDED_OVER = "staged.json"    # in the launcher's folder: rank 0's staged outputs, for it to commit
 
 
+def _holder(target: Path, owner: int) -> Path:
+    """The hidden folder beside `target` where its owner (a live process's pid, so a later stage's
+    sweep leaves the folder alone) writes it first."""
+    return target.parent / f"{TEMPORARY_PREFIX}{owner}"
+
+
 def _temporary(target: Path, owner: int) -> Path:
-    """Where `target` is written first: its own name, in its owner's hidden folder beside it. The
-    owner is a live process's pid, so a later stage's sweep leaves the folder alone."""
-    holder = target.parent / f"{TEMPORARY_PREFIX}{owner}"
+    """Where `target` is written first: its own name, in its owner's hidden folder beside it."""
+    holder = _holder(target, owner)
     holder.mkdir(parents=True, exist_ok=True)
     return holder / target.name
 
@@ -128,7 +133,7 @@ def _fsync(path: Path) -> None:
 def write_atomically(target: str | Path, write) -> None:
     """write(path) to a temporary beside `target`, synced, then renamed over it in one step. A
     failure names `target`, never the temporary."""
-    holder = Path(target).parent / f"{TEMPORARY_PREFIX}{os.getpid()}"
+    holder = _holder(Path(target), os.getpid())
     try:
         temporary = _temporary(Path(target), os.getpid())
         write(temporary)

@@ -263,6 +263,14 @@ def data_card_lines(card: dict) -> list[str]:
 SHOWN_FIGURES = ("gradcam.png", "tsne.png", "confused.png", "explanations.png")
 
 
+def verdict(method: str, scored: dict) -> str:
+    """What an attribution method's numbers say about it (cnnlab.explain.assess's booleans)."""
+    if method == "random":
+        return "baseline (ignores the model)"
+    return (("faithful" if scored["beats_random"] else "no better than random")
+            + ("" if scored["passes_randomization"] else ", fails the randomisation check"))
+
+
 def explanation_lines(name: str, found: dict, folder: str) -> list[str]:
     """Which attribution methods explain this model, from the numbers: deletion and insertion AUC
     against a random map, and the model-randomisation check."""
@@ -273,9 +281,7 @@ def explanation_lines(name: str, found: dict, folder: str) -> list[str]:
     rows = pd.DataFrame([{"method": method, "deletion AUC (lower: better)": f"{n['deletion_auc']:.3f}",
                           "insertion AUC (higher: better)": f"{n['insertion_auc']:.3f}",
                           "rank correlation after randomising the weights": f"{n['randomized_spearman']:.2f}",
-                          "verdict": "baseline (ignores the model)" if method == "random" else
-                          ("faithful" if n["beats_random"] else "no better than random")
-                          + ("" if n["passes_randomization"] else ", fails the randomisation check")}
+                          "verdict": verdict(method, n)}
                          for method, n in scored.items()])
     methods = [m for m in scored if m != "random"]
     beat = [m for m in methods if scored[m]["beats_random"]]

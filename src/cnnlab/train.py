@@ -319,13 +319,13 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
     dtype = autocast_dtype(cfg["precision"], device)
     parallel = DataParallel(*shard)
     augment, augment_generator = training_augmentation(cfg, device, parallel.rank)
-    state = start_fit(model, cfg, train.num_batches(cfg["batch_size"]), dtype, (generator, augment_generator))
+    sizes = batch_sizes(len(train), cfg["batch_size"], device)
+    state = start_fit(model, cfg, len(sizes), dtype, (generator, augment_generator))
     # the module that steps may be wrapped (DDP) and compiled; validation, the early-stopping copies
     # and the checkpoint use the plain one (its state-dict keys stay plain)
     step_model = parallel.wrap(model, device)
     if cfg["compile"]:
         step_model = torch.compile(step_model)
-    sizes = batch_sizes(len(train), cfg["batch_size"], device)
     saved = resume.load() if resume is not None else None
     if saved is not None:
         state.restore(saved)
