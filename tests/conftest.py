@@ -134,3 +134,47 @@ def train_outputs(result, folder: Path) -> tuple[dict, dict, list[dict], list[di
     result.files["checkpoint"](path)
     return (torch.load(path, weights_only=True), result.json["metrics"], result.tables["history"],
             result.tables["steps"])
+
+
+# pipeline outputs: a copied project builds its own
+GENERATED = ("dvc.lock", "metrics/", "plots/", "report/", "data/raw", "data/prepared", "models/")
+
+
+def tracked_files() -> list[str]:
+    """The checkout's source files (committed or not, ignored ones left out), without its outputs."""
+    import subprocess
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return [f for f in listed if not f.startswith(GENERATED) and (REPO / f).is_file()]
+
+
+def copy_project(project: Path, models: list[str] | None = None, **sections: dict) -> Path:
+    """The project's sources copied to `project`, params.yaml set for generated data (no checksums)
+    with `sections` merged into its sections (and `models` replacing the model list)."""
+    import shutil
+    import yaml
+    for name in tracked_files():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, project / name)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["verify_checksums"] = False  # generated data has no known checksum
+    if models is not None:
+        params["models"] = models
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def pipeline_env(mirror: Path, pythonpath: str = str(REPO / "src"), threads: int | None = None) -> dict:
+    """The environment a copied project's dvc and git commands run in: this interpreter's tools first,
+    the generated mirror, no analytics, a git identity; `threads` per process when given."""
+    import os
+    import sys
+    env = {**os.environ, "CNNLAB_DATA_MIRROR": str(mirror),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": pythonpath}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env

@@ -234,24 +234,10 @@ def test_the_rank_with_its_own_error_is_named_before_those_that_lost_a_peer(tmp_
 def test_queued_sweep_runs_in_parallel_workers_from_a_clean_clone(tmp_path):
     """`dvc exp run --queue` twice, `dvc queue start -j 2` with one thread per worker: both runs
     find every file they need in their temporary copies and land in `dvc exp show --json`."""
-    from test_pipeline import tracked_files
-    from conftest import make_mirror
-    import shutil
-    import yaml
-    project = tmp_path / "clone"
-    for name in tracked_files():
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["verify_checksums"] = False
-    params["models"] = ["mlp"]
-    params["train"].update(epochs=1, batch_size=32, progress=False)
-    params["analyze"].update(tsne_samples=100, samples_per_class=1, explain_samples=8)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(tmp_path / "mirror", n_train=400, n_test=100)),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": str(REPO / "src")}
+    from conftest import copy_project, make_mirror, pipeline_env
+    project = copy_project(tmp_path / "clone", ["mlp"], train=dict(epochs=1, batch_size=32, progress=False),
+                           analyze=dict(tsne_samples=100, samples_per_class=1, explain_samples=8))
+    env = pipeline_env(make_mirror(tmp_path / "mirror", n_train=400, n_test=100), threads=1)
 
     def sh(*command, timeout=300):
         result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)

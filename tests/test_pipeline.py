@@ -2,8 +2,6 @@
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,37 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, make_mirror
+from conftest import REPO, copy_project, make_mirror, pipeline_env
 
 MODELS = ["mlp", "cnn", "lenet"]
 NOISE_CHART = "plots/compare/tables/noise.csv"  # the noise analysis's declared plot, drawn for every model
 # the explanations analysis's: one line per model and attribution method
 EXPLANATION_CHARTS = {"plots/compare/tables/deletion.csv", "plots/compare/tables/insertion.csv"}
-GENERATED = ("dvc.lock", "metrics/", "plots/", "report/", "data/raw", "data/prepared", "models/")
-
-
-def tracked_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
-    return [f for f in listed if not f.startswith(GENERATED) and (REPO / f).is_file()]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    project = root / "project"
-    for name in tracked_files():
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["verify_checksums"] = False  # generated data has no known checksum
-    params["train"].update(epochs=3, batch_size=32, lr=0.003, progress=False)
-    params["analyze"].update(explain_samples=16)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(root / "mirror", n_train=800, n_test=300)),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": str(REPO / "src")}
+    project = copy_project(root / "project", train=dict(epochs=3, batch_size=32, lr=0.003, progress=False),
+                           analyze=dict(explain_samples=16))
+    env = pipeline_env(make_mirror(root / "mirror", n_train=800, n_test=300))
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(command, cwd=project, env=env, check=True)
     return project, env

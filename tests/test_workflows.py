@@ -6,19 +6,15 @@ One small project (2 models, 1 epoch, generated MNIST-format data) is built once
 origin and a folder DVC remote beside it; the tests run in file order and build on each other."""
 
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, make_mirror
-from test_pipeline import ran, tracked_files
+from conftest import REPO, copy_project, make_mirror, pipeline_env
+from test_pipeline import ran
 
 pytestmark = pytest.mark.slow
 MODELS = ["mlp", "lenet"]
@@ -36,21 +32,11 @@ def sh(cwd: Path, env: dict, *command: str, check: bool = True) -> str:
 def team(tmp_path_factory):
     """(head clone A, environment, origin URL, root folder): A has run the pipeline and pushed it."""
     root = tmp_path_factory.mktemp("team")
-    project = root / "a"
-    for name in tracked_files():
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["verify_checksums"] = False
-    params["models"] = MODELS
-    params["train"].update(epochs=1, batch_size=64, progress=False)
-    params["analyze"].update(tsne_samples=60, tsne_iterations=250, noise_levels=[0, 0.1], max_channels=2,
-                             explain_samples=8)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "CNNLAB_DATA_MIRROR": str(make_mirror(root / "mirror", n_train=300, n_test=100)),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": "src"}  # each clone runs its own code
+    project = copy_project(root / "a", MODELS, train=dict(epochs=1, batch_size=64, progress=False),
+                           analyze=dict(tsne_samples=60, tsne_iterations=250, noise_levels=[0, 0.1],
+                                        max_channels=2, explain_samples=8))
+    env = pipeline_env(make_mirror(root / "mirror", n_train=300, n_test=100),
+                       pythonpath="src", threads=1)  # each clone runs its own code
     origin = root / "origin.git"
     sh(root, env, "git", "init", "-q", "--bare", "-b", "main", str(origin))
     sh(project, env, "git", "init", "-q", "-b", "main")
