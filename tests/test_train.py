@@ -12,7 +12,8 @@ from cnnlab.runtime import seed_everything
 from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
 from conftest import synthetic_digits, train_outputs
 
-CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "momentum": 0.9,
+CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "betas": [0.9, 0.999],
+       "momentum": 0.9,
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
        "eval_batch_size": 100, "progress": False, "precision": "fp32", "label_smoothing": 0.0,
        "augment": {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0},
@@ -116,11 +117,20 @@ def test_channels_last_batches_train_to_the_same_result():
     assert torch.allclose(results[0], results[1], atol=1e-4)
 
 
-def test_precision_auto_is_mixed_on_cuda_only():
-    from cnnlab.inference import autocast_dtype
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("fp32", torch.device("cpu")) is None
-    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+def test_precision_auto_is_bf16_on_cpus_that_compute_it(tmp_path, monkeypatch):
+    from cnnlab import inference
+    from cnnlab.inference import autocast_dtype, cpu_has_bf16
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_has_bf16(str(zen4)) and not cpu_has_bf16(str(avx2)) and not cpu_has_bf16(str(tmp_path / "none"))
+    for has_bf16, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)
+        assert autocast_dtype("auto", torch.device("cpu")) is expected
+        assert autocast_dtype("fp32", torch.device("cpu")) is None
+        assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+        assert autocast_dtype("auto", torch.device("mps")) is None
     if torch.cuda.is_available():
         assert autocast_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
 

@@ -101,6 +101,18 @@ def number_list(low: float, high: float) -> Check:
     return _schema(check, {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": low, "maximum": high}})
 
 
+def betas(value):
+    """Adam's two moment decay rates, each in [0, 1)."""
+    if not isinstance(value, list) or len(value) != 2 or not all(
+            _is_number(v) and math.isfinite(v) and 0 <= v < 1 for v in value):
+        raise ValueError("a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
+    return [float(v) for v in value]
+
+
+_schema(betas, {"type": "array", "minItems": 2, "maxItems": 2,
+                "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}})
+
+
 def class_fractions(value):
     """{class index: fraction of its training images to keep}, for the imbalance study."""
     if value is None:

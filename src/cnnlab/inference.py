@@ -18,14 +18,25 @@ from cnnlab.batches import DeviceSplit
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `train.precision`, or None for plain fp32.
 
-    auto turns mixed precision on for CUDA only (bf16 where supported, else fp16 with a grad scaler):
-    on CPUs without native bf16 (AVX2-only, say) autocast makes training slower.
+    auto: on CUDA, bf16 where supported, else fp16 (with a grad scaler); on a CPU, bf16 only where
+    it has bf16 instructions (AVX512-BF16 or AMX): elsewhere autocast emulates bf16 and makes
+    training slower (docs/performance.md has the measurements).
     """
     if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bf16 natively (the flags Linux reports; False elsewhere)."""
+    try:
+        with open(cpuinfo) as file:
+            flags = next((line for line in file if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:

@@ -72,6 +72,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "optimizer": checks.choice(*OPTIMIZERS),
         "lr": checks.number(0, 10, low_open=True),
         "weight_decay": checks.number(0, 10),
+        "betas": checks.betas,
         "momentum": checks.number(0, 1, high_open=True),
         "nesterov": checks.boolean,
         "scheduler": checks.choice(*SCHEDULERS),
@@ -278,9 +279,9 @@ def model_kwargs(params: dict, model: str) -> dict:
 
 # the training settings a user tunes, in the order the recipe line names them; the last ones only
 # when set (their defaults go without saying)
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "scheduler",
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "scheduler",
                "label_smoothing", "patience", "augment", "weights", "freeze", "device", "precision", "nproc")
-UNSAID = {"augment": None, "weights": None, "freeze": False, "device": "auto", "precision": "auto", "nproc": 1}
+UNSAID = {"betas": [0.9, 0.999], "augment": None, "weights": None, "freeze": False, "device": "auto", "precision": "auto", "nproc": 1}
 
 
 def _shown(key: str, value: Any) -> str:
@@ -299,8 +300,8 @@ def describe_recipe(params: dict, model: str) -> str:
         value = cfg[key]
         if key in UNSAID and key not in own and _shown(key, value) in (str(UNSAID[key]), "off"):
             continue
-        if key == "momentum" and cfg["optimizer"] != "sgd":
-            continue
+        if (key == "momentum") != (cfg["optimizer"] == "sgd") and key in ("momentum", "betas"):
+            continue  # momentum is SGD's; betas are Adam's
         part = f"{key} {_shown(key, value)}"
         if key in own:
             part += f" from {model}:" + (f", overriding train.{key} {_shown(key, shared[key])}"

@@ -36,9 +36,9 @@ def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     # fused kernels do the whole update in one pass; supported on CPU and CUDA for these three
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": True}
     if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, **common)
+        return torch.optim.Adam(params, betas=tuple(cfg["betas"]), **common)
     if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, **common)
+        return torch.optim.AdamW(params, betas=tuple(cfg["betas"]), **common)
     return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
                            **common)
 
@@ -98,6 +98,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0       # wall time of the whole fit, validation included
+    pass_seconds: float = 0.0        # the training passes only
     images_per_second: float = 0.0   # training passes only
     steps: list[dict] = field(default_factory=list)  # loss and accuracy of every training batch
 
@@ -375,6 +376,7 @@ def finish_fit(state: FitState, images: int, clock: float) -> TrainResult:
     result.epochs_run = len(result.history)
     result.best_epoch, result.best_val_loss = state.stopper.best_epoch, state.stopper.best_loss
     result.val_accuracy = result.history[state.stopper.best_epoch - 1]["val_accuracy"]
+    result.pass_seconds = state.pass_seconds
     result.images_per_second = result.epochs_run * images / state.pass_seconds
     return result
 
