@@ -41,3 +41,22 @@ def test_predict_matches_a_direct_forward_pass():
     assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result.accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert torch.allclose(result.probabilities, F.softmax(logits, 1), atol=1e-6)
+
+
+def test_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
+    from cnnlab.evaluate import confusion_matrix
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 5, 300)
+    predicted = np.where(rng.random(300) < 0.6, actual, rng.integers(0, 4, 300))  # class 4 never predicted
+    actual[actual == 3] = 2  # class 3 never present
+    classes = list("abcde")
+    overall, rows = scores(actual, predicted, classes)
+    labels = list(range(5))
+    per_class = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
+    macro = precision_recall_fscore_support(actual, predicted, labels=labels, average="macro", zero_division=0)
+    assert overall["accuracy"] == pytest.approx(accuracy_score(actual, predicted))
+    assert [overall[k] for k in ("macro_precision", "macro_recall", "macro_f1")] == pytest.approx(list(macro[:3]))
+    for key, column in zip(("precision", "recall", "f1", "support"), per_class):
+        assert [row[key] for row in rows] == pytest.approx(list(column))
+    assert (confusion_matrix(actual, predicted, 5) == sk_confusion(actual, predicted, labels=labels)).all()

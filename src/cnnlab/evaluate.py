@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from cnnlab.batches import DeviceBudget, DeviceSplit
 from cnnlab.checkpoints import load_checkpoint
@@ -16,19 +15,32 @@ from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
 
 
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[actual class, predicted class]."""
+    return np.bincount(actual * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
 def scores(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tuple[dict, list[dict]]:
-    """(overall metrics, one row per class) from scikit-learn."""
-    labels = list(range(len(classes)))
-    macro = precision_recall_fscore_support(actual, predicted, labels=labels, average="macro", zero_division=0)
-    per_class = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
+    """(overall metrics, one row per class): precision, recall and F1 as scikit-learn's
+    precision_recall_fscore_support defines them with zero_division=0 (tests/test_evaluate.py
+    compares the two). Computed from the confusion matrix here: importing scikit-learn would
+    double the evaluate stage's start-up."""
+    matrix = confusion_matrix(actual, predicted, len(classes))
+    hits, support, guessed = np.diag(matrix).astype(float), matrix.sum(1), matrix.sum(0)
+
+    def ratio(top, bottom):
+        return np.divide(top, bottom, out=np.zeros(len(classes)), where=bottom > 0)
+
+    precision, recall = ratio(hits, guessed), ratio(hits, support)
+    f1 = ratio(2 * hits, support + guessed)  # 2tp / (2tp + fp + fn)
     overall = {
-        "accuracy": float(accuracy_score(actual, predicted)),
-        "macro_precision": float(macro[0]),
-        "macro_recall": float(macro[1]),
-        "macro_f1": float(macro[2]),
+        "accuracy": float(hits.sum() / max(matrix.sum(), 1)),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
     }
-    rows = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, *per_class)]
+    rows = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
     return overall, rows
 
 
@@ -44,7 +56,7 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]
     overall, per_class = scores(actual, predicted, classes)
-    matrix = confusion_matrix(actual, predicted, labels=list(range(len(classes))))
+    matrix = confusion_matrix(actual, predicted, len(classes))
     metrics = {**overall, "loss": result.loss, "test_images": int(len(actual)),
                "device": device.type, "device_name": device_name(device)}
     confusion = [{"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
