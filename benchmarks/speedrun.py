@@ -3,6 +3,7 @@ same CPU, in one process, on the same data.
 
     python benchmarks/speedrun.py              # 5 seeds each: about 2 minutes on 2 CPU cores
     python benchmarks/speedrun.py --seeds 2    # a quick look
+    python benchmarks/speedrun.py --device cuda --out /tmp/gpu   # on a GPU (benchmarks/gpu.py does)
 
 The peer is tuomaso/train_mnist_fast as its description gives it, written here in plain PyTorch
 as its code runs (fp32, PyTorch's default memory layout): conv 5x5x24, max-pool, ReLU, conv
@@ -57,36 +58,39 @@ def peer_network() -> nn.Module:
 
 
 def peer(train: Data, test: Data, seed: int, tuned: bool = False) -> dict:
-    """The peer's recipe, timed from its first batch to its last optimizer step. `tuned`: the same
-    with cnnlab's memory layout and autocast."""
+    """The peer's recipe, timed from its first batch to its last optimizer step (on the device the
+    data is on). `tuned`: the same with cnnlab's memory layout and autocast."""
     images, labels = train
-    mean, std = channel_stats(images)
+    device = labels.device
+    mean, std = channel_stats(images.cpu())
     fmt = torch.channels_last if tuned else torch.contiguous_format
-    dtype = autocast_dtype("auto", torch.device("cpu")) if tuned else None
+    dtype = autocast_dtype("auto", device) if tuned else None
 
     def normalise(x: torch.Tensor) -> torch.Tensor:
         return ((x.float() / 255 - mean[0]) / std[0]).contiguous(memory_format=fmt)
 
     torch.manual_seed(seed)
-    model = peer_network().to(memory_format=fmt)
+    model = peer_network().to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.7, 0.9))
     steps = -(-len(labels) // 256)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=steps)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
     model.train()
+    synchronize(device)
     start = time.perf_counter()
     for first in range(0, len(labels), 256):
         index = order[first:first + 256]
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(normalise(images.index_select(0, index))), labels.index_select(0, index))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
+    synchronize(device)
     seconds = time.perf_counter() - start
     model.eval()
     correct = 0
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for first in range(0, len(test[1]), 1000):
             correct += (model(normalise(test[0][first:first + 1000])).argmax(1) == test[1][first:first + 1000]).sum()
     return {"accuracy": int(correct) / len(test[1]), "seconds": seconds}
@@ -95,12 +99,12 @@ def peer(train: Data, test: Data, seed: int, tuned: bool = False) -> dict:
 def cnnlab_speedrun(train: Data, test: Data, seed: int, params: dict) -> dict:
     """params.yaml's `speedrun:` recipe through cnnlab's fit; the training pass's time."""
     cfg = {**train_config(params, "speedrun"), "seed": seed, "progress": False}
-    device = torch.device("cpu")
-    mean, std = channel_stats(train[0])
+    device = train[1].device
+    mean, std = channel_stats(train[0].cpu())
     generator = seed_everything(seed)
     model = models.build("speedrun", 1, 10, train[0].shape[-1])
     memory_format = layout(model, cfg["memory_format"])
-    model = model.to(memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)
     train_split = DeviceSplit(*train, mean, std, device, memory_format)
     test_split = DeviceSplit(*test, mean, std, device, memory_format)
     result = fit(model, train_split, test_split, cfg, generator, label="speedrun")
@@ -134,6 +138,11 @@ def race(train: Data, test: Data, seeds: int, params: dict) -> dict:
             "meets_targets": ours["mean_accuracy"] >= TARGET_ACCURACY and ratio <= TARGET_TIME_RATIO}
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize(device)
+
+
 def markdown(results: dict) -> str:
     env, runs = results["env"], results["runs"]
     names = list(runs)
@@ -156,20 +165,27 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_mnist() -> tuple[Data, Data]:
+def load_mnist(device: torch.device, verify: bool = True, train_images: int | None = None) -> tuple[Data, Data]:
+    """MNIST's training and test images on `device`; the first `train_images` training ones when given."""
     with tempfile.TemporaryDirectory() as root:
-        datasets.fetch("mnist", Path(root), mirror_from_env(), verify=True)
-        return tuple(datasets.load_split("mnist", Path(root), split) for split in ("train", "test"))
+        datasets.fetch("mnist", Path(root), mirror_from_env(), verify=verify)
+        (images, labels), test = (datasets.load_split("mnist", Path(root), split) for split in ("train", "test"))
+    images, labels = images[:train_images], labels[:train_images]
+    return (images.to(device), labels.to(device)), tuple(t.to(device) for t in test)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for speedrun.json and speedrun.md")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both contestants train")
+    parser.add_argument("--train-images", type=int, default=None, help="only the first N training images")
+    parser.add_argument("--no-verify", action="store_true", help="skip the MNIST checksums (generated test data)")
     args = parser.parse_args()
-    train, test = load_mnist()
+    device = torch.device(args.device)
+    train, test = load_mnist(device, not args.no_verify, args.train_images)
     results = race(train, test, args.seeds, params_mod.load(REPO / "params.yaml"))
-    results.update(date=datetime.date.today().isoformat(), env=environment(torch.device("cpu"), 0),
+    results.update(date=datetime.date.today().isoformat(), env=environment(device, 0),
                    train_images=len(train[1]), test_images=len(test[1]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speedrun.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -102,7 +102,7 @@ def cnnlab_rate(name: str, params: dict, prepared: Path) -> dict:
     """One epoch of the train stage's own code, in-process."""
     params = copy.deepcopy(params)
     one_epoch(params, name)
-    _, metrics, _, _ = train_model(name, params, prepared)
+    metrics = train_model(name, params, prepared).json["metrics"]
     return {"images_per_second": metrics["train_images"] / metrics["train_seconds"],
             "training_passes_per_second": metrics["images_per_second"]}
 

@@ -43,3 +43,35 @@ def test_speedrun_race_scores_every_seed_and_judges_by_its_numbers():
     table = speedrun.markdown(results)
     assert "test CPU, 2 threads" in table and table.count("\n| 0 |") == 1 and "\n| 1 |" in table
     assert ("met." if results["meets_targets"] else "**not met**.") in table
+
+
+def test_gpu_check_dry_run_reports_every_step_it_ran(tmp_path):
+    """benchmarks/gpu.py --dry-run on the CPU with generated MNIST: its steps run, and its report
+    says what each did (the pipeline step is test_pipeline's, left out here for time)."""
+    import json
+    import subprocess
+    import sys
+    from conftest import make_mirror, pipeline_env
+    env = pipeline_env(make_mirror(tmp_path / "mirror", n_train=3200, n_test=600))
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--dry-run", "--no-verify", "--out", str(tmp_path / "out"),
+                           "--steps", "cuda-tests,speedrun,ddp"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu-dry-run.json").read_text())
+    status = {step["name"]: step for step in report["steps"]}
+    assert list(status) == ["cuda-tests", "speedrun", "ddp"] and report["dry_run"]
+    skipped_or_passed = "passed" if torch.cuda.is_available() else "skipped"
+    assert status["cuda-tests"]["status"] == "ok" and skipped_or_passed in status["cuda-tests"]["result"]
+    assert status["speedrun"]["status"] == "ok" and "cnnlab speedrun" in status["speedrun"]["result"]
+    assert status["ddp"]["status"] == "ok" and "2 process(es)" in status["ddp"]["result"]
+    table = (tmp_path / "out" / "gpu-dry-run.md").read_text()
+    assert "(dry run on the CPU)" in table and "| ddp | ok |" in table
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu_unless_dry():
+    import subprocess
+    import sys
+    if torch.cuda.is_available():
+        return
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and "--dry-run" in done.stderr
