@@ -75,3 +75,35 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_dry():
         return
     done = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and "--dry-run" in done.stderr
+
+
+def test_cifar_recipe_benchmark_trains_every_seed_and_reports_every_epoch(tmp_path):
+    """benchmarks/cifar.py on a small generated folder of colour images (one epoch of a narrow
+    airbench): prepare splits it as the pipeline would, each seed trains and is scored with and
+    without flip TTA, and the report judges by its own numbers."""
+    from PIL import Image
+    from conftest import colour_digits
+    cifar = load_script("cifar")
+    images, labels = colour_digits(300, 3)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "cifar" / "train" / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    params = cifar.recipe_params("airbench", ["airbench.epochs=2", "airbench.width=8", "airbench.batch_size=64",
+                                              "prepare.val_size=30"])
+    assert params["data"]["dataset"] == "folder" and params["prepare"]["test_fraction"] == 0.1
+    assert params["airbench"]["flip_tta"] is True  # the recipe's own choice, kept under the overrides
+    results = cifar.run("airbench", params, tmp_path / "cifar", seeds=2)
+    results.update(date="2026-12-02", env={"device_name": "test CPU", "threads": 2, "torch": torch.__version__})
+    assert results["sizes"] == {"train": 240, "val": 30, "test": 30}
+    assert [r["seed"] for r in results["runs"]] == [0, 1]
+    for run in results["runs"]:
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2] and run["epochs"][0]["seconds"] < run["epochs"][1]["seconds"]
+        assert 0 <= run["test_accuracy"] <= 1 and 0 <= run["test_accuracy_no_tta"] <= 1 and run["train_seconds"] > 0
+    assert results["runs"][0]["epochs"] != results["runs"][1]["epochs"]  # another seed, another fit
+    assert results["meets_targets"] == (results["mean_test_accuracy"] >= 0.9 and
+                                        max(r["train_seconds"] for r in results["runs"]) <= 20 * 60)
+    table = cifar.markdown(results, "python benchmarks/cifar.py")
+    assert "test CPU, 2 threads" in table and "240 train / 30 validation / 30 held-out test" in table
+    assert table.count("\n| 0 |") == 1 and "\n| 2 |" in table and "seed 1: val" in table
+    assert ("met." if results["meets_targets"] else "**not met**.") in table

@@ -43,6 +43,42 @@ def test_predict_matches_a_direct_forward_pass():
     assert torch.allclose(result.probabilities, F.softmax(logits, 1), atol=1e-6)
 
 
+def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
+    from cnnlab.checkpoints import checkpoint
+    from cnnlab.evaluate import evaluate_model
+    from cnnlab.models import build
+    from cnnlab.prepare import prepare, save_prepared
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    data = DeviceSplit(images, labels, [0.5], [0.25], torch.device("cpu"))
+    model = build("mlp", 1, 3, 4).eval()  # not mirror-symmetric
+
+    def mean_logits(uint8_images):
+        x = (uint8_images.float() / 255 - 0.5) / 0.25
+        with torch.no_grad():
+            return (model(x) + model(x.flip(-1))) / 2
+
+    flipped = score(model, data, batch_size=16, flip=True)
+    assert flipped.loss == pytest.approx(F.cross_entropy(mean_logits(images), labels).item(), rel=1e-5)
+    assert torch.allclose(flipped.probabilities, F.softmax(mean_logits(images), 1), atol=1e-6)
+    assert not torch.allclose(flipped.probabilities, score(model, data, batch_size=16).probabilities, atol=1e-4)
+    # the checkpoint carries the choice, so the evaluate stage predicts as validation did
+    splits = prepare((images, labels), (images[:30], labels[:30]), ("a", "b", "c"),
+                     {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.25,
+                      "val_size": None, "test_fraction": 0.2, "class_fraction": {}, "seed": 0})
+    save_prepared(splits, tmp_path / "prepared")
+    info = {**splits["info"], "mean": [0.5], "std": [0.25]}
+    for flip in (False, True):
+        torch.save(checkpoint("mlp", model, {}, info, "fp32", flip), tmp_path / "model.pt")
+        test_images, test_labels = splits["test"]
+        with torch.no_grad():
+            plain = model((test_images.float() / 255 - 0.5) / 0.25)
+        expected = mean_logits(test_images) if flip else plain
+        got = evaluate_model("mlp", tmp_path / "model.pt", tmp_path / "prepared", 16).json["metrics"]["loss"]
+        assert got == pytest.approx(F.cross_entropy(expected, test_labels).item(), rel=1e-5)
+
+
 def test_scores_match_scikit_learn():
     from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
     from cnnlab.evaluate import confusion_matrix

@@ -13,8 +13,8 @@ def test_every_model_maps_images_to_class_logits(name, channels, size):
     model = build(name, channels, 10, size)
     out = model(torch.randn(4, channels, size, size))
     assert out.shape == (4, 10)
-    out.sum().backward()  # trainable end to end
-    assert all(p.grad is not None for p in model.parameters())
+    out.sum().backward()  # trainable end to end (but for what a model freezes by design)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_parameter_counts_match_the_architectures():
@@ -133,6 +133,22 @@ def test_weights_load_from_a_local_state_dict_and_mismatches_are_clear(tmp_path)
         load_weights(build("lenet", 1, 10, 28), tmp_path / "plain.pt")
     with pytest.raises(CnnlabError, match="weights file not found"):
         load_weights(target, tmp_path / "nope.pt")
+
+
+def test_airbench_whitens_its_stem_from_the_data_and_keeps_it_frozen():
+    from cnnlab.models import spec
+    model = build("airbench", 3, 10, 32, width=16)
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.3], [0.0, 0.0, 0.5]])  # correlated channels
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(64, 3, 32, 32))
+    spec("airbench").init_from_data(model, images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight)  # without the (learned) bias
+    covariance = torch.cov(out.transpose(0, 1).flatten(1))
+    half = covariance[:12, :12]  # the other 12 filters are these negated
+    assert torch.allclose(half, torch.eye(12), atol=0.02), "2x2 patches come out decorrelated with unit variance"
+    assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad
+    assert build("airbench", 3, 10, 32)[-2].in_features == 256  # width 64: airbench94's 64/256/256
 
 
 def test_resnet_small_is_the_cifar_resnet_20():

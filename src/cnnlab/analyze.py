@@ -169,13 +169,13 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int, iterations: int 
 
 
 def accuracy_under_noise(model: nn.Module, test: DeviceSplit, levels: list[float], batch_size: int,
-                         seed: int, dtype: torch.dtype | None = None) -> dict[str, float]:
+                         seed: int, dtype: torch.dtype | None = None, flip: bool = False) -> dict[str, float]:
     """Test accuracy with salt-and-pepper noise at each level (the same noise for every model: drawn
     on the CPU from `seed`, whatever the device)."""
     result = {}
     for level in levels:
         noisy = salt_and_pepper(test.images.cpu(), level, torch.Generator().manual_seed(seed))
-        result[f"{level:g}"] = score(model, test.with_images(noisy), batch_size, dtype, keep=False).accuracy
+        result[f"{level:g}"] = score(model, test.with_images(noisy), batch_size, dtype, keep=False, flip=flip).accuracy
     return result
 
 
@@ -192,6 +192,7 @@ class Subject:
     labels: torch.Tensor       # test labels, on the CPU
     options: dict              # params.yaml's analyze section
     dtype: torch.dtype | None  # the autocast it was trained with
+    flip: bool                 # whether it predicts with its mirror image too (train.flip_tta)
     samples: torch.Tensor      # a few test images per class, for the per-image figures
     row_labels: list[str]      # their classes' names
 
@@ -300,7 +301,7 @@ def gradcam_maps(s: Subject, found: Findings) -> None:
 
 @analysis
 def confident_mistakes(s: Subject, found: Findings) -> None:
-    probs = score(s.model, s.test, s.options["batch_size"], s.dtype).probabilities
+    probs = score(s.model, s.test, s.options["batch_size"], s.dtype, flip=s.flip).probabilities
     mistakes = most_confused(probs, s.labels, s.options["top_confused"])
     if mistakes:
         images = s.test.images.index_select(0, torch.tensor([m["index"] for m in mistakes],
@@ -347,7 +348,7 @@ def explanations(s: Subject, found: Findings) -> None:
 @analysis(plots={"noise": {"x": "noise", "y": "accuracy", "title": "test accuracy under salt-and-pepper noise"}})
 def noise_robustness(s: Subject, found: Findings) -> None:
     noise = accuracy_under_noise(s.model, s.test, s.options["noise_levels"], s.options["batch_size"],
-                                 s.options["seed"], s.dtype)
+                                 s.options["seed"], s.dtype, s.flip)
     found.metrics["noise_accuracy"] = noise
     found.tables["noise"] = [{"noise": float(k), "accuracy": v} for k, v in noise.items()]
 
@@ -363,7 +364,7 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
                        budget=DeviceBudget(device, max_device_bytes))
     subject = Subject(name, model, models.spec(name), ckpt["classes"], test, labels, options,
-                      autocast_dtype(ckpt.get("precision", "fp32"), device), samples,
+                      autocast_dtype(ckpt.get("precision", "fp32"), device), ckpt.get("flip_tta", False), samples,
                       [ckpt["classes"][int(labels[i])] for i in samples])
     found = Findings()
     for registered in ANALYSES:

@@ -17,12 +17,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def checkpoint(name: str, model: nn.Module, options: dict, info: dict, precision: str = "fp32") -> dict:
+def checkpoint(name: str, model: nn.Module, options: dict, info: dict, precision: str = "fp32",
+               flip_tta: bool = False) -> dict:
     return {
         "model": name, "options": options,
         "in_channels": info["channels"], "num_classes": len(info["classes"]), "image_size": info["image_size"],
         "classes": info["classes"], "mean": info["mean"], "std": info["std"],
         "precision": precision,  # inference runs under the autocast the model was trained with
+        "flip_tta": flip_tta,    # and predicts as it was validated: with its mirror image, or not
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
 

@@ -52,7 +52,8 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     data = load_prepared(prepared_dir, ("test",))
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
                        budget=DeviceBudget(device, max_device_bytes))
-    result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device))
+    result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
+                   flip=ckpt.get("flip_tta", False))
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]
     overall, per_class = scores(actual, predicted, classes)

@@ -53,14 +53,17 @@ def layout(model: nn.Module, memory_format: str = "auto") -> torch.memory_format
 
 
 def run(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-        index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(fp32 logits, labels) of each batch, in order (of `index` when given)."""
+        index: torch.Tensor | None = None, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 logits, labels) of each batch, in order (of `index` when given). `flip`: the mean of
+    the logits of each image and its mirror image (test-time augmentation, `train.flip_tta`)."""
     model.eval()
     device = data.labels.device
     with torch.inference_mode():
         for x, y in data.batches(batch_size, index=index):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(x)
+                if flip:
+                    logits = (logits + model(x.flip(-1))) / 2
             yield logits.float(), y
 
 
@@ -73,19 +76,19 @@ class Scores:
 
 
 def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-          keep: bool = True, shard: tuple[int, int] = (0, 1)) -> Scores:
+          keep: bool = True, shard: tuple[int, int] = (0, 1), flip: bool = False) -> Scores:
     """Loss and accuracy over a split; with `keep`, also every prediction and its probabilities.
 
     `shard=(rank, ranks)` with ranks > 1 (data-parallel validation under torchrun): each rank scores
     its contiguous part and the sums are added across ranks, so every rank gets the whole split's
-    loss and accuracy (the kept predictions, if any, are this rank's part only)."""
+    loss and accuracy (the kept predictions, if any, are this rank's part only). `flip`: as `run`."""
     rank, ranks = shard
     index = None if ranks == 1 else torch.arange(len(data)).tensor_split(ranks)[rank]
     device = data.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     predicted, probabilities = [], []
-    for logits, y in run(model, data, batch_size, dtype, index=index):
+    for logits, y in run(model, data, batch_size, dtype, index=index, flip=flip):
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         if keep:

@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "step_size": checks.integer(1),
         "gamma": checks.number(0, 1, low_open=True),
         "label_smoothing": checks.number(0, 1, high_open=True),
+        "flip_tta": checks.boolean,
         "augment": _augment,
         "patience": checks.integer(0),
         "seed": checks.integer(0),
@@ -280,8 +281,9 @@ def model_kwargs(params: dict, model: str) -> dict:
 # the training settings a user tunes, in the order the recipe line names them; the last ones only
 # when set (their defaults go without saying)
 RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "scheduler",
-               "label_smoothing", "patience", "augment", "weights", "freeze", "device", "precision", "nproc")
-UNSAID = {"betas": [0.9, 0.999], "augment": None, "weights": None, "freeze": False, "device": "auto", "precision": "auto", "nproc": 1}
+               "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze", "device", "precision", "nproc")
+UNSAID = {"betas": [0.9, 0.999], "augment": None, "flip_tta": False, "weights": None, "freeze": False, "device": "auto",
+          "precision": "auto", "nproc": 1}
 
 
 def _shown(key: str, value: Any) -> str:

@@ -57,7 +57,8 @@ def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size
     images = load_images(files, ckpt["in_channels"], ckpt["image_size"])
     data = DeviceSplit(images, torch.zeros(len(images), dtype=torch.long), ckpt["mean"], ckpt["std"], device)
     probabilities = torch.cat([F.softmax(logits, 1).cpu() for logits, _ in run(
-        model, data, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device))])
+        model, data, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
+        flip=ckpt.get("flip_tta", False))])
     best = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
     return [(path, [(ckpt["classes"][int(c)], float(p)) for p, c in zip(values, classes)])
             for path, values, classes in zip(files, best.values, best.indices)]

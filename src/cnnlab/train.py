@@ -32,7 +32,8 @@ def _gray_or_rgb(values: tuple[float, ...], channels: int) -> list[float]:
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (train.freeze) stay out
+    # frozen layers (train.freeze, airbench's whitening stem) stay out
+    params = [p for p in model.parameters() if p.requires_grad]
     # fused kernels do the whole update in one pass; supported on CPU and CUDA for these three
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": True}
     if cfg["optimizer"] == "adam":
@@ -56,9 +57,9 @@ def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int):
 
 
 def evaluate_split(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-                   shard: tuple[int, int] = (0, 1)) -> tuple[float, float]:
+                   shard: tuple[int, int] = (0, 1), flip: bool = False) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over a split; sharded across ranks as `score` does."""
-    scores = score(model, data, batch_size, dtype, keep=False, shard=shard)
+    scores = score(model, data, batch_size, dtype, keep=False, shard=shard, flip=flip)
     return scores.loss, scores.accuracy
 
 
@@ -344,7 +345,7 @@ def fit(model: nn.Module, train: DeviceSplit, val: DeviceSplit, cfg: dict, gener
             state.scheduler.step()
         record = record_epoch(state.result, epoch, step_loss, step_correct, step_lr, sizes, lr)
         state.pass_seconds += time.perf_counter() - started
-        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype, shard)
+        val_loss, val_acc = evaluate_split(model, val, cfg["eval_batch_size"], dtype, shard, cfg["flip_tta"])
         record.update(val_loss=val_loss, val_accuracy=val_acc, lr=lr, seconds=time.perf_counter() - started)
         state.result.history.append(record)
         _check_finite(label or "model", epoch, step_loss, val_loss)
@@ -443,6 +444,8 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
     budget = DeviceBudget(device, params["data"]["max_device_bytes"])
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, layout, budget)
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, layout, budget)
+    if spec.init_from_data is not None and not cfg["weights"]:  # e.g. airbench's whitening, from 5,000 images
+        spec.init_from_data(model, train.normalise(train.images[:5000]))
     # snapshots hold one process's random state: a data-parallel fit is not resumed
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] and ranks == 1 else None
@@ -471,6 +474,6 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch: Callable[
         "env": environment(device, cfg["seed"]),
     }
     trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    saved = checkpoint(name, model, options, info, trained_in)
+    saved = checkpoint(name, model, options, info, trained_in, cfg["flip_tta"])
     return Result(json={"metrics": metrics}, tables={"history": result.history, "steps": result.steps},
                   files={"checkpoint": lambda path: torch.save(saved, path)})

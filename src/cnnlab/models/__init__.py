@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from cnnlab import CnnlabError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -43,6 +44,8 @@ class ModelSpec:
     pretrained: torchvision's weights enum for `weights: imagenet` (e.g. "ResNet18_Weights"), or None.
     pretrained_mean, pretrained_std: the RGB normalisation those weights were trained with.
     min_image_size: the smallest data.image_size the architecture accepts.
+    init_from_data: (model, normalised training images) -> None, or None: a start computed from
+        the data (airbench's whitening stem), run once before a fit that starts from scratch.
     """
     build: Callable[..., "nn.Module"]
     head: str
@@ -51,6 +54,7 @@ class ModelSpec:
     pretrained_mean: tuple[float, ...] = IMAGENET_MEAN
     pretrained_std: tuple[float, ...] = IMAGENET_STD
     min_image_size: int = 1
+    init_from_data: Callable[["nn.Module", "torch.Tensor"], None] | None = None
 
 
 def names() -> tuple[str, ...]:
