@@ -47,7 +47,7 @@ def test_yaml12_floats_such_as_dvc_writes_them(tmp_path):
      "analyze.noise_levels must be a non-empty list of numbers from 0 to 1; got [0, 1.5]"),
     (lambda r: r["prepare"].update(class_fraction={3: 0}),
      "prepare.class_fraction must be a mapping of class index to a fraction in (0, 1]"),
-    (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from alexnet, cnn, cnn_small, lenet, mlp, resnet18"),
+    (lambda r: r.update(models=["mlp", "vgg"]), "models must be a non-empty list of distinct names from airbench, alexnet, cnn, cnn_small, lenet, mlp, resnet18"),
     (lambda r: r.update(trian={}), "unknown key 'trian'"),
     (lambda r: r["train"].update(epoch=3), "unknown key 'train.epoch' (allowed: epochs, batch_size"),
     (lambda r: r["lenet"].update(dropout=0.1) if isinstance(r["lenet"], dict) else r.update(lenet={"dropout": 0.1}),

@@ -1,6 +1,6 @@
-"""airbench: the network of the CIFAR-10 speed records (Keller Jordan, "94% on CIFAR-10 in 3.29
-seconds on a single GPU", 2024), for CIFAR-10 on a CPU: a frozen whitening stem set from the
-training images, three conv groups, no residuals."""
+"""airbench: the network of the CIFAR-10 speed records on GPUs (Keller Jordan's airbench, 2024),
+for CIFAR-10 on a CPU: a frozen whitening stem set from the training images, three conv groups,
+no residuals."""
 
 from collections import OrderedDict
 from typing import Annotated
