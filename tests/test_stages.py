@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnlab.models import names
 from conftest import REPO, make_mirror
 
 
@@ -76,7 +77,7 @@ def test_bad_values_stop_training_before_anything_is_written(tmp_path, section, 
 
 
 def test_unknown_model_name_on_the_command_line(tmp_path):
-    assert_one_line_error(run(project_copy(tmp_path), "stages/train.py", "vgg"), "MODEL one of alexnet, cnn, cnn_small, lenet, mlp, resnet18, resnet_small")
+    assert_one_line_error(run(project_copy(tmp_path), "stages/train.py", "vgg"), "MODEL one of " + ", ".join(names()))
 
 
 def test_missing_mirror_file_leaves_no_raw_data(tmp_path):

@@ -7,6 +7,7 @@ from torch import nn
 from cnnlab.batches import DeviceSplit
 from cnnlab.checkpoints import count_parameters
 from cnnlab.models import build, names
+from cnnlab.params import model_kwargs
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
 from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
@@ -178,8 +179,7 @@ def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name
     prepared = prepared_dir(tmp_path, channels)
     ckpt, metrics, history, steps = train_outputs(train_model(name, params, prepared), tmp_path)
     assert metrics["parameters"] == count_parameters(build(name, channels, 10, 28 if channels == 1 else 32,
-                                                           **{k: v for k, v in params[name].items()
-                                                              if k in ("input_size", "stem", "hidden", "dropout")}))
+                                                           **model_kwargs(params, name)))
     assert len(history) == 1 and [s["step"] for s in steps] == [1, 2, 3]   # 45 images in batches of 16
     assert all(math.isfinite(s["loss"]) and 0 <= s["accuracy"] <= 1 for s in steps)
     torch.save(ckpt, tmp_path / "model.pt")
