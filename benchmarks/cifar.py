@@ -63,10 +63,8 @@ def prepare_folder(folder: Path, params: dict, target: Path) -> dict:
     """The folder decoded and split as the download and prepare stages would; its info."""
     raw = target / "raw"
     datasets.fetch("folder", raw, None, True, str(folder))
-    decoded = {split: datasets.load_split("folder", raw, split, params["data"]["image_size"])
-               for split in datasets.splits("folder", raw)}
-    splits = prepare(decoded.get("train", decoded.get("all")), decoded.get("test"),
-                     datasets.class_names("folder", raw), params["prepare"], decoded.get("val"))
+    train, test, classes, val = datasets.decode_all("folder", raw, params["data"]["image_size"])
+    splits = prepare(train, test, classes, params["prepare"], val)
     save_prepared(splits, target / "prepared")
     return splits["info"]
 

@@ -61,8 +61,8 @@ def make_project(workdir: Path, mirror: Path | None) -> Path:
     params = params_mod.load(project / "params.yaml")
     raw_root = project / "data" / "raw"
     datasets.fetch("mnist", raw_root, mirror, verify=True)
-    splits = prepare(datasets.load_split("mnist", raw_root, "train"), datasets.load_split("mnist", raw_root, "test"),
-                     datasets.class_names("mnist", raw_root), params["prepare"])
+    train, test, classes, _ = datasets.decode_all("mnist", raw_root)
+    splits = prepare(train, test, classes, params["prepare"])
     save_prepared(splits, project / "data" / "prepared")
     return project
 

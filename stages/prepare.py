@@ -8,11 +8,8 @@ def main():
     loaded = params.for_stage("prepare")
     name, size = loaded["data"]["dataset"], loaded["data"]["image_size"]
     params.require_choice("data.dataset", name, DATASETS)
-    present = datasets.splits(name, paths.RAW)
-    decoded = {split: datasets.load_split(name, paths.RAW, split, size) for split in present}
-    # a folder without a test split comes as one set (`all`): prepare carves test (and val) from it
-    splits = prepare(decoded.get("train", decoded.get("all")), decoded.get("test"),
-                     datasets.class_names(name, paths.RAW), loaded["prepare"], decoded.get("val"))
+    train, test, classes, val = datasets.decode_all(name, paths.RAW, size)
+    splits = prepare(train, test, classes, loaded["prepare"], val)
     splits["info"]["dataset"] = name
     with stage.outputs() as out:
         save_prepared(splits, out.path(paths.PREPARED))

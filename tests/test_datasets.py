@@ -203,6 +203,20 @@ def test_folder_dataset_decodes_grayscale_at_the_asked_size(tmp_path):
     assert images[:4].float().mean() == 220 and images[4:].float().mean() == 30
 
 
+def test_decode_all_hands_prepare_the_splits_a_folder_has(tmp_path):
+    """A folder with train/ and test/ gives both (no val); a plain class tree comes as one set in
+    the train place, with no test, for prepare to carve."""
+    base = write_image_folder(tmp_path / "imgs")
+    datasets.fetch("folder", tmp_path / "raw", path=str(base))
+    train, test, classes, val = datasets.decode_all("folder", tmp_path / "raw", 8)
+    assert (len(train[0]), len(test[0]), classes, val) == (8, 4, ("bright", "dark"), None)
+    plain = tmp_path / "plain"
+    (base / "train").rename(plain)
+    datasets.fetch("folder", tmp_path / "raw2", path=str(plain))
+    train, test, classes, val = datasets.decode_all("folder", tmp_path / "raw2", 8)
+    assert (len(train[0]), test, classes, val) == (8, None, ("bright", "dark"), None)
+
+
 def test_folder_dataset_with_any_colour_image_is_rgb(tmp_path):
     from PIL import Image
     base = write_image_folder(tmp_path / "imgs")

@@ -51,9 +51,8 @@ def prepared(tmp_path: Path, size: int = 16, **options) -> dict:
     from cnnlab.prepare import prepare
     from conftest import base_params
     root = tmp_path / "raw"
-    decoded = {split: datasets.load_split("folder", root, split, size) for split in datasets.splits("folder", root)}
-    return prepare(decoded.get("train", decoded.get("all")), decoded.get("test"), datasets.class_names("folder", root),
-                   {**base_params()["prepare"], **options}, decoded.get("val"))
+    train, test, classes, val = datasets.decode_all("folder", root, size)
+    return prepare(train, test, classes, {**base_params()["prepare"], **options}, val)
 
 
 def apple_double(path: Path) -> None:

@@ -17,9 +17,8 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
     assert raw.is_dir()
     params = base_params()
     params["train"].update(epochs=2, progress=False)
-    splits = prepare(datasets.load_split("mnist", tmp_path / "raw", "train"),
-                     datasets.load_split("mnist", tmp_path / "raw", "test"),
-                     datasets.class_names("mnist", tmp_path / "raw"), params["prepare"])
+    train, test, classes, _ = datasets.decode_all("mnist", tmp_path / "raw")
+    splits = prepare(train, test, classes, params["prepare"])
     save_prepared(splits, tmp_path / "prepared")
     checkpoint, metrics, history, _ = train_outputs(train_model("lenet", params, tmp_path / "prepared"), tmp_path)
     torch.save(checkpoint, tmp_path / "lenet.pt")

@@ -1,6 +1,6 @@
-"""The three calls the stages make, each handed to the module of the dataset's file format:
-`fetch` (download stage: raw files, verified, into data/raw), `load_split` and `class_names`
-(prepare stage: decoding to uint8 tensors).
+"""The calls the stages make, each handed to the module of the dataset's file format: `fetch`
+(download stage: raw files, verified, into data/raw), `decode_all` (prepare stage: every split
+decoded to uint8 tensors, with the class names, as cnnlab.prepare.prepare takes them).
 
 To add a format: a module in this package with fetch(spec, root, mirror, verify, path) (returns the
 folder it filled),
@@ -55,3 +55,12 @@ def load_split(dataset: str, root: Path, split: str, image_size: int = 32):
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
         raise CnnlabError(f"{Path(root) / spec.folder}: {split} labels outside 0..{len(classes) - 1}")
     return images, labels
+
+
+def decode_all(dataset: str, root: Path, image_size: int = 32) -> tuple:
+    """(train, test or None, class names, val or None): every split the raw data holds, decoded,
+    in the order cnnlab.prepare.prepare takes them. A folder without a test split comes as one set
+    (`all`): it is the train argument, and prepare carves test (and val) from it."""
+    decoded = {split: load_split(dataset, root, split, image_size) for split in splits(dataset, root)}
+    return (decoded.get("train", decoded.get("all")), decoded.get("test"), class_names(dataset, root),
+            decoded.get("val"))
