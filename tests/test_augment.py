@@ -61,3 +61,15 @@ def test_all_off_changes_nothing_and_draws_are_seeded():
     a = augment(images, options, torch.Generator().manual_seed(3))
     b = augment(images, options, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, images)
+
+
+def test_a_uint8_batch_gets_exactly_what_its_float_copy_gets():
+    """Crop and flip run before the float conversion: the same draws, the same pixels, floats out."""
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    options = {**AUGMENT_OFF, "crop_padding": 2, "hflip": True, "shift": 0.1, "noise": 0.05}
+    as_uint8 = augment(images, options, torch.Generator().manual_seed(3))
+    as_float = augment(images.float(), options, torch.Generator().manual_seed(3))
+    assert as_uint8.dtype == torch.float32 and torch.equal(as_uint8, as_float)
+    crop_flip = {**AUGMENT_OFF, "crop_padding": 2, "hflip": True}
+    assert torch.equal(augment(images, crop_flip, torch.Generator().manual_seed(5)),
+                       augment(images.float(), crop_flip, torch.Generator().manual_seed(5)))

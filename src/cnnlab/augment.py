@@ -1,6 +1,7 @@
-"""Training augmentation on whole batches, on the training device, in pixel units (0..255 floats)
-before normalisation. Every image of a batch gets its own random draw, but the work is a few
-tensor ops per batch: no per-sample Python, no PIL.
+"""Training augmentation on whole batches, on the training device, in pixel units (0..255) before
+normalisation. Every image of a batch gets its own random draw, but the work is a few tensor ops
+per batch: no per-sample Python, no PIL. Crop and flip only move pixels, so they run on the uint8
+batch (a quarter of the bytes of floats); the resampling and the noise run on floats.
 
 Options (`train.augment` in params.yaml, all off by default):
   crop_padding  pad by this many black pixels, then crop back at a random offset (torchvision's
@@ -68,11 +69,14 @@ def is_on(options: dict) -> bool:
 
 
 def augment(images: torch.Tensor, options: dict, generator: torch.Generator) -> torch.Tensor:
-    """Apply the enabled augmentations to a float batch [N, C, H, W] of 0..255 pixel values."""
+    """Apply the enabled augmentations to a batch [N, C, H, W] of 0..255 pixel values (uint8 or
+    float); return floats. The draws come in the same order either way, so a uint8 batch and its
+    float copy get the same result."""
     if options["crop_padding"]:
         images = random_crop(images, options["crop_padding"], generator)
     if options["hflip"]:
         images = random_hflip(images, generator)
+    images = images.float()
     if options["shift"] or options["scale"]:
         images = random_shift_scale(images, options["shift"], options["scale"], generator)
     if options["noise"]:

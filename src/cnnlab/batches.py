@@ -64,9 +64,9 @@ class DeviceSplit:
     def normalise(self, images_uint8: torch.Tensor,
                   augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         # a no-op for a split on the device; one host-to-device copy per batch otherwise
-        images = images_uint8.to(self.device, non_blocking=True).float()
-        if augment is not None:  # works in pixel units, so padding and noise are plain 0/255
-            images = augment(images)
+        images = images_uint8.to(self.device, non_blocking=True)
+        # augmentation works in pixel units (padding and noise are plain 0/255) and returns floats
+        images = augment(images) if augment is not None else images.float()
         images = images.mul_(self.scale).sub_(self.shift)
         return images.contiguous(memory_format=self.memory_format)
 
@@ -81,8 +81,8 @@ class DeviceSplit:
                 index: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled when a generator is given (training); otherwise in order, over the images at
-        `index` when given (evaluation, analysis). `augment` maps a float batch of 0..255 pixels to
-        another, before normalisation. `shard=(rank, ranks)`: every rank draws the same permutation
+        `index` when given (evaluation, analysis). `augment` maps a uint8 batch to a float batch
+        of 0..255 pixels, before normalisation. `shard=(rank, ranks)`: every rank draws the same permutation
         and the same global batches of `batch_size`, and takes its own contiguous part of each."""
         if generator is not None:
             index = torch.randperm(len(self), generator=generator)
