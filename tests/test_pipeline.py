@@ -136,11 +136,12 @@ def test_an_analysis_option_never_retrains(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["analyze"]["noise_levels"] = [0, 0.3]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = set(ran(dvc(project, "repro")))
-    assert {f"analyze@{m}" for m in MODELS} <= stages <= {f"analyze@{m}" for m in MODELS} | {"report"}
+    # what `dvc repro` would rerun: every analysis, nothing upstream (the report follows their outputs)
+    assert set(json.loads(dvc(project, "status", "--json"))) == {f"analyze@{m}" for m in MODELS}
+    assert ran(dvc(project, "repro", "analyze@lenet")) == ["analyze@lenet"]  # its upstream is up to date
     assert set(json.loads((root / "metrics/analysis/lenet.json").read_text())["noise_accuracy"]) == {"0", "0.3"}
     subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
-    dvc(project, "repro")
+    # the next test commits this workspace and retrains every model anyway: no rerun of the old levels here
 
 
 @pytest.mark.slow
