@@ -82,8 +82,9 @@ class DeviceSplit:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled when a generator is given (training); otherwise in order, over the images at
         `index` when given (evaluation, analysis). `augment` maps a uint8 batch to a float batch
-        of 0..255 pixels, before normalisation. `shard=(rank, ranks)`: every rank draws the same permutation
-        and the same global batches of `batch_size`, and takes its own contiguous part of each."""
+        of 0..255 pixels, before normalisation. `shard=(rank, ranks)`: every rank draws the same
+        permutation and the same global batches of `batch_size`, and takes its own contiguous part
+        of each."""
         if generator is not None:
             index = torch.randperm(len(self), generator=generator)
         rank, ranks = shard
