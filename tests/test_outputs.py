@@ -82,3 +82,39 @@ def test_a_checkpoint_cut_short_by_a_full_disk_is_one_line(tmp_path, monkeypatch
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: models/lenet.pt: could not write a checkpoint (is the disk full?); free some"), line
     assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_a_stage_script_ends_when_its_outputs_are_in_place(tmp_path):
+    """A stage script's process ends as soon as main returns: its output committed, its printed line
+    flushed, exit code 0, and no interpreter teardown (an atexit handler never runs)."""
+    import subprocess
+    import sys
+    script = tmp_path / "stage_script.py"
+    script.write_text(
+        "import atexit, pathlib\n"
+        "from cnnlab import stage\n"
+        "atexit.register(lambda: pathlib.Path('teardown').write_text('ran'))\n"
+        "def main():\n"
+        "    with stage.outputs() as out:\n"
+        "        out.text('metrics/done.txt', 'yes')\n"
+        "    print('stage: done', end='')\n"
+        "if __name__ == '__main__':\n"
+        "    stage.run(main, sweep=False)\n")
+    ended = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout == "stage: done"
+    assert (tmp_path / "metrics" / "done.txt").read_text() == "yes"
+    assert not (tmp_path / "teardown").exists()
+
+
+def test_run_called_in_process_returns(tmp_path, monkeypatch):
+    """`stage.run` with a main that is not the running script's (a test, a notebook) returns."""
+    from cnnlab import stage
+    monkeypatch.chdir(tmp_path)
+
+    def main():
+        with stage.outputs() as out:
+            out.text("done.txt", "yes")
+
+    stage.run(main, sweep=False)
+    assert (tmp_path / "done.txt").read_text() == "yes"
