@@ -133,3 +133,11 @@ def test_no_stage_imports_a_model_module_except_by_name():
     for stage in STAGES.values():
         for dep in code_deps(script_of(stage)):
             assert not (dep.startswith("src/cnnlab/models/") and not dep.endswith("__init__.py")), dep
+
+
+def test_dvc_reads_yaml_with_the_c_parser():
+    """DVC parses dvc.lock several times for every stage it runs; ruamel.yaml's pure-Python parser
+    made that a visible share of each stage (pyproject.toml installs ruamel.yaml.clib)."""
+    from ruamel.yaml import YAML
+    parser = YAML(typ="safe").Parser
+    assert parser.__name__ == "CParser", f"{parser.__module__}.{parser.__name__}: pip install ruamel.yaml.clib"
