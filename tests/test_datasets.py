@@ -27,8 +27,35 @@ def test_gzipped_and_plain_mirrors_give_the_same_content(tmp_path):
     zipped = make_mirror(tmp_path / "zipped", n_train=30, n_test=10, gz=True)
     a = datasets.fetch("mnist", tmp_path / "a", plain, verify=False)
     b = datasets.fetch("mnist", tmp_path / "b", zipped, verify=False)
-    for name, _ in idx.files(DATASETS["mnist"]):
+    for name in idx.files(DATASETS["mnist"]):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
+def test_idx_file_names_are_torchvisions(dataset):
+    spec = DATASETS[dataset]
+    resources = idx._torchvision(spec, "resources")
+    assert [f"{name}.gz" for name in idx.files(spec)] == [archive for archive, _ in resources]
+    assert [idx.archive_md5(spec, name) for name in idx.files(spec)] == [md5 for _, md5 in resources]
+
+
+def test_mnist_from_a_mirror_does_not_import_torchvision(tmp_path):
+    """Its content checksums are cnnlab's own; torchvision's datasets (a slow import) are asked only
+    to download, or to verify a family member whose content checksum is unknown."""
+    import subprocess
+    import sys
+    mirror = make_mirror(tmp_path / "m", n_train=30, n_test=10, gz=True)
+    code = ("import sys; from pathlib import Path; from cnnlab import CnnlabError; "
+            "from cnnlab.datasets import formats\n"
+            f"formats.fetch('mnist', Path({str(tmp_path / 'a')!r}), Path({str(mirror)!r}), verify=False)\n"
+            "try:\n"
+            f"    formats.fetch('mnist', Path({str(tmp_path / 'b')!r}), Path({str(mirror)!r}), verify=True)\n"
+            "except CnnlabError as err:\n"
+            "    assert 'content MD5' in str(err), err\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))[:3])\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
 
 
 def test_content_checksum_is_verified_for_mnist(tmp_path, mirror):
