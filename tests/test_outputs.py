@@ -118,3 +118,15 @@ def test_run_called_in_process_returns(tmp_path, monkeypatch):
 
     stage.run(main, sweep=False)
     assert (tmp_path / "done.txt").read_text() == "yes"
+
+
+def test_a_stage_whose_parent_is_init_from_the_start_runs(monkeypatch):
+    """Under a container's init (PID 1 as the parent all along) a stage runs; a stage whose parent
+    died before it asked to follow it (handed over to init since it started) stops as interrupted."""
+    from cnnlab import stage
+    monkeypatch.setattr(stage.os, "getppid", lambda: 1)
+    monkeypatch.setattr(stage, "PARENT_AT_START", 1)
+    stage._end_with_parent()  # runs on
+    monkeypatch.setattr(stage, "PARENT_AT_START", 4321)
+    with pytest.raises(KeyboardInterrupt):
+        stage._end_with_parent()

@@ -22,6 +22,7 @@ from cnnlab import PHASE_SECONDS, CnnlabError, timed
 from cnnlab.outputs import StagedOutputs, sweep_temporaries
 
 LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
+PARENT_AT_START = os.getppid()  # read as the stage script imports cnnlab: see _end_with_parent
 
 
 def launcher() -> tuple[int, Path] | None:
@@ -142,14 +143,15 @@ def _interrupted(signum, frame):
 def _end_with_parent() -> None:
     """Ask Linux to send this process SIGTERM when its parent dies: `dvc repro` killed with SIGTERM
     exits at once without stopping the stage it runs, which would then finish and write outputs
-    that no dvc.lock records."""
+    that no dvc.lock records. A parent that is init from the start (a container's, a scheduler's)
+    is a parent like any other."""
     try:
         import ctypes
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: nothing to ask for
         pass
-    if os.getppid() == 1:  # the parent died before we asked
+    if os.getppid() != PARENT_AT_START:  # it died before we asked: we were handed to init
         raise KeyboardInterrupt
 
 
