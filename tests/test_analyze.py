@@ -190,35 +190,3 @@ def test_a_first_layer_on_colour_images_keeps_a_row_per_input_channel():
     tiles = drawn_tiles(filters_figure("conv 0", weight, first_layer=True, max_channels=16), 5)
     plt.close("all")
     assert tiles.shape == (3, 16, 5, 5) and np.allclose(tiles, weight.transpose(0, 1).numpy())
-
-
-def _drawn_inside(fig) -> bool:
-    """Whether everything drawn (titles, tick labels, captions) lies within the saved canvas."""
-    renderer = fig.canvas.get_renderer()
-    drawn, canvas = fig.get_tightbbox(renderer), fig.bbox_inches
-    return (drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= canvas.x1 + 0.01
-            and drawn.y1 <= canvas.y1 + 0.01)
-
-
-def test_figures_lay_themselves_out_within_their_canvas():
-    """Figures are saved at their own size (no bbox_inches='tight' second pass): each must fit,
-    long class names and titles included."""
-    import matplotlib.pyplot as plt
-    from cnnlab import figures
-    classes = [f"a rather long class name {i}" for i in range(12)]
-    images = torch.rand(12, 1, 28, 28)
-    drawn = {
-        "confusion": figures.confusion_figure(np.arange(144).reshape(12, 12), classes, "lenet: test confusion"),
-        "maps": figures.feature_map_figure("lenet layer 0 (Conv2d)", torch.rand(10, 6, 28, 28),
-                                           [str(i) for i in range(10)], 16),
-        "vector": figures.feature_map_figure("lenet layer 9 (Linear)", torch.rand(10, 84),
-                                             [str(i) for i in range(10)], 16),
-        "filters": figures.filters_figure("lenet conv 0", torch.randn(6, 1, 5, 5), True, 16),
-        "deeper filters": figures.filters_figure("cnn conv 3", torch.randn(32, 16, 3, 3), False, 16),
-        "colour filters": figures.filters_figure("resnet conv 0", torch.randn(16, 3, 5, 5), True, 16),
-        "grid": figures.image_grid(images, classes, 6, "sample training images, one row per class"),
-        "tsne": figures.tsne_figure(np.random.rand(60, 2), np.arange(60) % 12, classes, "t-SNE\nsilhouette 0.5"),
-    }
-    outside = [name for name, fig in drawn.items() if not _drawn_inside(fig)]
-    plt.close("all")
-    assert not outside, outside

@@ -1,8 +1,7 @@
 """Every figure cnnlab draws (matplotlib and seaborn, headless), as functions of plain data.
 
 Analysis, evaluation and the report compute; this module only draws, so a figure's look is changed in
-one place and no stage needs a display. Every figure lays itself out (tight_layout) and is saved at its
-own size: `bbox_inches="tight"` would draw each one twice. Neither torch nor seaborn is imported at the top: the report
+one place and no stage needs a display. Neither torch nor seaborn is imported at the top: the report
 stage draws with matplotlib alone and should not pay for them.
 """
 
@@ -114,7 +113,7 @@ def filters_figure(title: str, weight: torch.Tensor, first_layer: bool, max_chan
         row_labels = [f"in {i}" for i in range(tiles.shape[0])] if first_layer else ["strongest input"]
         column_labels, xlabel = [str(c) for c in range(outs)], "filter"
     rows, columns = tiles.shape[:2]
-    fig, ax = plt.subplots(figsize=(0.6 * columns + 0.9, 0.6 * rows + 1.3))
+    fig, ax = plt.subplots(figsize=(0.6 * columns + 0.9, 0.6 * rows + 0.7))
     grid = mosaic(tiles, scale_each=False)  # one colour scale: signs compare
     _mosaic_axes(ax, grid, (h, w), row_labels, column_labels, cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_xlabel(xlabel, fontsize=8)
@@ -205,7 +204,6 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
-    fig.tight_layout()
     return fig
 
 

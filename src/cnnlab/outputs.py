@@ -83,12 +83,12 @@ class StagedOutputs:
         write_csv(self.path(target), rows, columns)
 
     def figure(self, target: str | Path, fig, dpi: int = 110, staged: bool = True) -> None:
-        """Save a matplotlib figure, laid out by cnnlab.figures, at its own size; staged=False writes
-        straight to `target`, a path inside a folder that is itself a staged output."""
+        """Save a matplotlib figure; staged=False writes straight to `target`, a path inside a folder
+        that is itself a staged output."""
         import matplotlib.pyplot as plt
         path = self.path(target) if staged else Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, format=Path(target).suffix[1:])
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
         plt.close(fig)
 
     def commit(self) -> None:
