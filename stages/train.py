@@ -6,9 +6,9 @@ under torchrun, one process per rank, and waits; rank 0 logs and writes the outp
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from dvclive import Live
 
-from cnnlab import distributed, params, paths, stage
+from cnnlab import distributed, params, paths, stage  # first: cnnlab notes the parent process
+from dvclive import Live
 from cnnlab.outputs import write_result
 from cnnlab.params import train_config
 from cnnlab.train import train_model

@@ -105,6 +105,11 @@ def test_a_stage_script_ends_when_its_outputs_are_in_place(tmp_path):
     assert ended.stdout == "stage: done"
     assert (tmp_path / "metrics" / "done.txt").read_text() == "yes"
     assert not (tmp_path / "teardown").exists()
+    # under a profiler the process lives on: its report is written after the script returns
+    profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", "stage.prof", str(script)], cwd=tmp_path,
+                              capture_output=True, text=True)
+    assert profiled.returncode == 0, profiled.stderr
+    assert (tmp_path / "stage.prof").stat().st_size > 0 and (tmp_path / "teardown").read_text() == "ran"
 
 
 def test_run_called_in_process_returns(tmp_path, monkeypatch):

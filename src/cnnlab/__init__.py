@@ -4,8 +4,13 @@ Data flows download -> prepare -> train -> evaluate -> report; each stage script
 thin wrapper over one module here.
 """
 
+import os
 import time
 from contextlib import contextmanager
+
+# The parent process as a stage script first imports cnnlab (its first import): a stage whose parent
+# has changed by the time it asks to follow its parent lost it in between (cnnlab.stage).
+PARENT_AT_START = os.getppid()
 
 
 class CnnlabError(Exception):
@@ -26,4 +31,4 @@ def timed(phase: str):
         PHASE_SECONDS[phase] = PHASE_SECONDS.get(phase, 0.0) + time.perf_counter() - start
 
 
-__all__ = ["CnnlabError", "PHASE_SECONDS", "timed"]
+__all__ = ["CnnlabError", "PARENT_AT_START", "PHASE_SECONDS", "timed"]

@@ -18,11 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab import PHASE_SECONDS, CnnlabError, timed
+from cnnlab import PARENT_AT_START, PHASE_SECONDS, CnnlabError, timed
 from cnnlab.outputs import StagedOutputs, sweep_temporaries
 
 LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
-PARENT_AT_START = os.getppid()  # read as the stage script imports cnnlab: see _end_with_parent
 
 
 def launcher() -> tuple[int, Path] | None:
@@ -178,14 +177,39 @@ def run(main, sweep: bool = True) -> None:
     except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
         _record_rank_failure(err)
         raise
-    if main.__module__ == "__main__":  # a stage script, not a test calling run in-process
+    if _is_the_script(main):
         _end_process()
+
+
+def _is_the_script(main) -> bool:
+    """Whether `main` is the script Python was asked to run (`python stages/x.py`, `python -m
+    cnnlab.predict`) with nothing watching it: not a test, a notebook or `python -i`, nor under a
+    profiler, debugger or coverage, which all need the process after the script returns."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    return (main.__module__ == "__main__" and script is not None
+            and os.path.abspath(script) == os.path.abspath(main.__code__.co_filename)
+            and sys.gettrace() is None and sys.getprofile() is None and not sys.flags.interactive)
 
 
 def _end_process() -> None:
     """End a stage process whose outputs are committed without the interpreter's teardown: freeing
     torch's and matplotlib's modules one by one is a visible share of a short stage's time (benchmarks/
-    pipeline.py), and nothing but the standard streams is left to flush."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    pipeline.py). What teardown would still do is done here: flush Python's and C's standard streams,
+    and remove the temporary folder matplotlib makes for its settings where HOME is not writable."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`), a closed stream
+            pass
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)  # what C libraries printed into a buffer
+    except (OSError, AttributeError):
+        pass
+    if "matplotlib" in sys.modules:
+        import shutil
+        import tempfile
+        settings = Path(sys.modules["matplotlib"].get_configdir())
+        if settings.parent == Path(tempfile.gettempdir()) and settings.name.startswith("matplotlib-"):
+            shutil.rmtree(settings, ignore_errors=True)
     os._exit(0)
