@@ -1,6 +1,7 @@
-"""Where the default pipeline's time goes: `dvc repro -f` run three times, split per stage.
+"""Where the default pipeline's time goes: `dvc repro -f` run three times, split per stage; then the
+user's loop: a one-model change and a report-only change, each run as `dvc exp run -S ...`.
 
-    python benchmarks/pipeline.py [--runs 3] [--name pipeline]
+    python benchmarks/pipeline.py [--runs 3] [--changes 4] [--name pipeline]
 
 Run it in a checkout whose data the pipeline can reach (CNNLAB_DATA_MIRROR). For each run and stage
 it records the stage's wall time as DVC's output shows it (from its "Running stage" line to the
@@ -9,6 +10,10 @@ main: interpreter and imports), load (prepared data and checkpoints), fit (the t
 stages only), write (outputs, figures rendered), the rest of the stage's own work, and what remains
 of the wall time: DVC's own work around the stage (hashing, caching, dvc.lock). Medians of the runs
 go to benchmarks/results/<name>.md, every number to <name>.json, with each model's test accuracy.
+
+The loop's changes alternate between a new value and the one in params.yaml (`lenet.lr` 0.02 and
+back; `report.title` x and back), so every run is a real one-setting change and params.yaml ends as it
+began; the experiments it makes are named bench-loop-* and removed afterwards.
 """
 
 from __future__ import annotations
@@ -61,7 +66,48 @@ def accuracies() -> dict:
             for path in sorted((ROOT / "metrics" / "test").glob("*.json"))}
 
 
-def table(runs: list[dict]) -> str:
+def exp_run_seconds(setting: str, new_value, changes: int) -> list[float]:
+    """Seconds of each `dvc exp run -S setting=...`, alternating `new_value` and the current value
+    (an even number of runs: the last one puts the current value back)."""
+    import yaml
+    section, key = setting.split(".")
+    original = (ROOT / "params.yaml").read_text()  # `-S` rewrites the file (null as an empty value)
+    current = yaml.safe_load(original)[section][key]
+    names, seconds = [], []
+    try:
+        for i in range(changes):
+            value = new_value if i % 2 == 0 else current
+            names.append(f"bench-loop-{os.getpid()}-{section}-{i}")
+            start = time.perf_counter()
+            run = subprocess.run(["dvc", "exp", "run", "--name", names[-1], "-S", f"{setting}={value}"], cwd=ROOT,
+                                 capture_output=True, text=True)
+            seconds.append(time.perf_counter() - start)
+            if run.returncode != 0:
+                sys.exit(f"dvc exp run -S {setting}={value} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+    finally:
+        subprocess.run(["dvc", "exp", "remove", *names], cwd=ROOT, capture_output=True)
+        (ROOT / "params.yaml").write_text(original)  # the values it began with, as they were written
+    return seconds
+
+
+# the targets of the user's loop on a quiet 2-core machine (seconds, medians)
+TARGETS = {"dvc repro -f": 60.0, "one-model change": 20.0, "report-only change": 3.0}
+
+
+def loop_lines(loop: dict, repro_median: float) -> list[str]:
+    if not loop:
+        return []
+    lines = ["The user's loop, `dvc exp run` end to end (median; every run):", ""]
+    for label, (command, seconds) in loop.items():
+        lines.append(f"- {label}, `{command}`: **{statistics.median(seconds):.1f} s** "
+                     f"({', '.join(f'{s:.1f}' for s in seconds)})")
+    medians = {"dvc repro -f": repro_median, **{k: statistics.median(s) for k, (_, s) in loop.items()}}
+    missed = [k for k, limit in TARGETS.items() if k in medians and medians[k] > limit]
+    return lines + ["", "Targets (" + ", ".join(f"{k} <= {v:.0f} s" for k, v in TARGETS.items()) + "): "
+                    + ("met." if not missed else f"not met ({', '.join(missed)}).") , ""]
+
+
+def table(runs: list[dict], loop: dict | None = None) -> str:
     stages = list(runs[0]["stages"])
     median = {s: {c: statistics.median(r["stages"][s][c] for r in runs) for c in COLUMNS} for s in stages}
     lines = ["| stage | " + " | ".join(COLUMNS) + " |", "| --- |" + " ---: |" * len(COLUMNS)]
@@ -79,14 +125,17 @@ def table(runs: list[dict]) -> str:
         "Seconds per stage (medians): wall = from DVC's \"Running stage\" line to the next; startup = process "
         "start to the stage's main (interpreter, imports); load = prepared data and checkpoints; fit = the "
         "training loop; write = outputs and figures; other = the stage's remaining work; dvc = wall minus "
-        "the stage process (DVC's hashing, caching and lock file).", "", *lines, ""])
+        "the stage process (DVC's hashing, caching and lock file).", "", *lines, "", *loop_lines(loop or {}, statistics.median(walls))])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=4, help="runs of each loop change (0: skip the loop)")
     parser.add_argument("--name", default="pipeline", help="results file name under benchmarks/results/")
     args = parser.parse_args()
+    if args.changes % 2:
+        parser.error("--changes must be even: every other run puts params.yaml's value back")
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as scratch:
@@ -97,6 +146,11 @@ def main() -> None:
         runs.append({"total": total, "stages": stages, "test_accuracy": accuracies()})
         print(f"run {i + 1}: {total:.1f} s; " + ", ".join(f"{s} {v['wall']:.1f}" for s, v in stages.items()),
               flush=True)
+    loop = {}
+    if args.changes:
+        loop["one-model change"] = ("dvc exp run -S lenet.lr=0.02", exp_run_seconds("lenet.lr", 0.02, args.changes))
+        loop["report-only change"] = ("dvc exp run -S report.title=x", exp_run_seconds("report.title", "x", args.changes))
+        print("loop: " + "; ".join(f"{k} {statistics.median(v[1]):.1f} s" for k, v in loop.items()), flush=True)
     from cnnlab.runtime import device_name, environment
     import torch
     env = environment(torch.device("cpu"), 0)
@@ -105,9 +159,11 @@ def main() -> None:
               f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `python benchmarks/pipeline.py`.\n\n")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"env": env, "runs": runs}, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(header + table(runs))
-    print(header + table(runs))
+    (out / f"{args.name}.json").write_text(json.dumps(
+        {"env": env, "runs": runs, "loop": {k: {"command": c, "seconds": s} for k, (c, s) in loop.items()}},
+        indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(header + table(runs, loop))
+    print(header + table(runs, loop))
 
 
 if __name__ == "__main__":
