@@ -104,7 +104,7 @@ def loop_lines(loop: dict, repro_median: float) -> list[str]:
     medians = {"dvc repro -f": repro_median, **{k: statistics.median(s) for k, (_, s) in loop.items()}}
     missed = [k for k, limit in TARGETS.items() if k in medians and medians[k] > limit]
     return lines + ["", "Targets (" + ", ".join(f"{k} <= {v:.0f} s" for k, v in TARGETS.items()) + "): "
-                    + ("met." if not missed else f"not met ({', '.join(missed)}).") , ""]
+                    + ("met." if not missed else f"not met ({', '.join(missed)})."), ""]
 
 
 def table(runs: list[dict], loop: dict | None = None) -> str:

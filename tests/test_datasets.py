@@ -27,7 +27,7 @@ def test_gzipped_and_plain_mirrors_give_the_same_content(tmp_path):
     zipped = make_mirror(tmp_path / "zipped", n_train=30, n_test=10, gz=True)
     a = datasets.fetch("mnist", tmp_path / "a", plain, verify=False)
     b = datasets.fetch("mnist", tmp_path / "b", zipped, verify=False)
-    for name in idx.files(DATASETS["mnist"]):
+    for name in idx.FILES:
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
@@ -35,8 +35,8 @@ def test_gzipped_and_plain_mirrors_give_the_same_content(tmp_path):
 def test_idx_file_names_are_torchvisions(dataset):
     spec = DATASETS[dataset]
     resources = idx._torchvision(spec, "resources")
-    assert [f"{name}.gz" for name in idx.files(spec)] == [archive for archive, _ in resources]
-    assert [idx.archive_md5(spec, name) for name in idx.files(spec)] == [md5 for _, md5 in resources]
+    assert [f"{name}.gz" for name in idx.FILES] == [archive for archive, _ in resources]
+    assert [idx.archive_md5(spec, name) for name in idx.FILES] == [md5 for _, md5 in resources]
 
 
 def test_mnist_from_a_mirror_does_not_import_torchvision(tmp_path):

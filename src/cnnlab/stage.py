@@ -156,8 +156,8 @@ def _end_with_parent() -> None:
 
 def run(main, sweep: bool = True) -> None:
     """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
-    user errors become one line on stderr and exit code 1. When `main` is the running script's own
-    (`__main__`), the process ends as soon as it returns, its outputs in place."""
+    user errors become one line on stderr and exit code 1. When `main` is the script Python runs
+    (`_is_the_script`), the process ends as soon as it returns, its outputs in place."""
     signal.signal(signal.SIGTERM, _interrupted)
     started = time.perf_counter()
     try:

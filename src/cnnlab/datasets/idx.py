@@ -28,9 +28,8 @@ def _torchvision(spec: DatasetSpec, attribute: str):
     return torchvision_attribute("mnist", spec.meta["torchvision"], attribute)
 
 
-def files(spec: DatasetSpec) -> list[str]:
-    """The uncompressed name of each raw file: the same four for the whole family."""
-    return [name for pair in SPLIT_FILES.values() for name in pair]
+# the uncompressed name of each raw file, in torchvision's order: the same four for the whole family
+FILES = tuple(name for pair in SPLIT_FILES.values() for name in pair)
 
 
 def archive_md5(spec: DatasetSpec, name: str) -> str:
@@ -98,7 +97,7 @@ def fetch(spec: DatasetSpec, root: Path, mirror: Path | None, verify: bool, path
     raw.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         workdir = Path(tmp)
-        for name in files(spec):
+        for name in FILES:
             if mirror is not None:
                 source = in_mirror(mirror, f"{spec.folder}/raw/{name}", f"{spec.folder}/raw/{name}.gz")
             else:
