@@ -3,9 +3,8 @@
 import shutil
 
 from cnnlab import params, paths, stage
-from cnnlab.figures import curves_figure, noise_figure
 from cnnlab.outputs import write_csv
-from cnnlab.report import collect, collect_analysis, comparison, markdown, read_data_summary
+from cnnlab.report import collect, collect_analysis, comparison, figure_data, markdown, read_data_summary
 
 
 def main():
@@ -33,8 +32,9 @@ def main():
         figures.mkdir()
         for name, source in compared["figures"].items():
             shutil.copyfile(source, figures / name)
-        out.figure(target.curves, curves_figure(histories), dpi=dpi)
-        out.figure(target.noise, noise_figure(analysis), dpi=dpi)
+        drawing = figure_data(histories, analysis)  # a figure whose data is unchanged is kept, not redrawn
+        out.figure_of(target.curves, "curves_figure", drawing["curves_figure"], dpi=dpi)
+        out.figure_of(target.noise, "noise_figure", drawing["noise_figure"], dpi=dpi)
         out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis,
                                            read_data_summary()))
     print("report: " + ", ".join(f"{r.model} {r.test_accuracy:.4f}" for r in summary.itertuples()))

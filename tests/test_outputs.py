@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from cnnlab.stage import outputs as staged_outputs
@@ -135,3 +137,76 @@ def test_a_stage_whose_parent_is_init_from_the_start_runs(monkeypatch):
     monkeypatch.setattr(stage, "PARENT_AT_START", 4321)
     with pytest.raises(KeyboardInterrupt):
         stage._end_with_parent()
+
+
+NOISE = {"analysis": {"cnn": {"noise": {"noise": [0, 0.1], "accuracy": [0.99, 0.9]}}, "mlp": {"noise": None}}}
+
+
+def _draw_noise(target, data=NOISE, dpi=40) -> bool:
+    with staged_outputs() as out:
+        return out.figure_of(target, "noise_figure", data, dpi=dpi)
+
+
+def test_a_figure_of_unchanged_data_is_kept_as_it_is_without_drawing(tmp_path, monkeypatch):
+    from cnnlab import figures
+    from cnnlab.outputs import DRAWN_FROM, drawn_from, figure_digest
+    target = tmp_path / "report" / "noise.png"
+    assert _draw_noise(target)
+    first = target.read_bytes()
+    assert drawn_from(target) == figure_digest("noise_figure", NOISE, 40)
+
+    def never(**_):
+        raise AssertionError("redrawn although its data did not change")
+    monkeypatch.setattr(figures, "noise_figure", never)
+    assert not _draw_noise(target)
+    assert target.read_bytes() == first
+    assert [p.name for p in target.parent.iterdir()] == ["noise.png"]  # no temporaries left
+    monkeypatch.undo()
+
+    changed = {"analysis": {**NOISE["analysis"], "mlp": {"noise": {"noise": [0, 0.1], "accuracy": [0.98, 0.5]}}}}
+    assert _draw_noise(target, changed) and target.read_bytes() != first
+    assert _draw_noise(target, changed, dpi=50)  # another resolution is another figure
+    from PIL import Image
+    with Image.open(target) as image:
+        assert DRAWN_FROM in image.text and image.size[0] > 0
+
+
+def test_a_figure_is_redrawn_over_a_foreign_corrupt_or_missing_file(tmp_path):
+    from PIL import Image
+    target = tmp_path / "noise.png"
+    Image.new("RGB", (4, 4)).save(target)  # a PNG cnnlab did not draw: no digest
+    assert _draw_noise(target)
+    target.write_bytes(b"not a png")
+    assert _draw_noise(target)
+    target.unlink()
+    assert _draw_noise(target) and target.stat().st_size > 1000
+
+
+def test_a_figure_digest_follows_the_drawing_code(tmp_path, monkeypatch):
+    import importlib.util
+    from cnnlab.outputs import figure_digest
+    before = figure_digest("noise_figure", NOISE, 40)
+    assert figure_digest("curves_figure", NOISE, 40) != before
+    edited = tmp_path / "figures.py"
+    edited.write_text(importlib.util.find_spec("cnnlab.figures").loader.get_source("cnnlab.figures") + "\n# edited\n")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: type("Spec", (), {"origin": str(edited)})()
+                        if name == "cnnlab.figures" else real(name, *a))
+    assert figure_digest("noise_figure", NOISE, 40) != before
+
+
+def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    target = tmp_path / "noise.png"
+    assert _draw_noise(target)
+    code = textwrap.dedent(f"""
+        import json, sys
+        from cnnlab.stage import outputs
+        with outputs() as out:
+            drew = out.figure_of({str(target)!r}, "noise_figure", json.loads({json.dumps(NOISE)!r}), dpi=40)
+        print(drew, "matplotlib" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"], result.stderr

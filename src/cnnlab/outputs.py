@@ -91,6 +91,25 @@ class StagedOutputs:
         fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
         plt.close(fig)
 
+    def figure_of(self, target: str | Path, figure: str, data: dict, dpi: int = 110) -> bool:
+        """Stage `target` as the figure `cnnlab.figures.<figure>(**data)` draws, unless `target`
+        already holds exactly that figure: then its bytes are kept, and neither matplotlib nor the
+        drawing is paid for (a report-only change redraws nothing). Returns whether it drew.
+
+        Each figure records what it was drawn from (figure_digest) in its PNG metadata. `data` must
+        be JSON: the figure is a function of it, the dpi and the drawing code, and nothing else."""
+        digest = figure_digest(figure, data, dpi)
+        path = self.path(target)
+        if drawn_from(Path(target)) == digest:
+            shutil.copyfile(target, path)
+            return False
+        from cnnlab import figures
+        import matplotlib.pyplot as plt
+        fig = getattr(figures, figure)(**data)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", metadata={DRAWN_FROM: digest})
+        plt.close(fig)
+        return True
+
     def commit(self) -> None:
         for temporary, _ in self._pending:
             _fsync(temporary)  # on disk before the rename makes it the output: a crash leaves old or new
@@ -122,6 +141,31 @@ class StagedOutputs:
         if manifest.exists():
             staged._pending = [(Path(temporary), Path(target)) for temporary, target in json.loads(manifest.read_text())]
         return staged
+
+
+DRAWN_FROM = "cnnlab drawn from"  # the PNG text key of a figure's digest (figure_of)
+
+
+def figure_digest(figure: str, data: dict, dpi: int) -> str:
+    """What a figure is a function of: its data, its dpi, the drawing function's name, cnnlab's
+    figure code (by content) and matplotlib's version. Found without importing matplotlib."""
+    import hashlib
+    from importlib.metadata import version
+    from importlib.util import find_spec
+    digest = hashlib.sha256(json.dumps({"figure": figure, "data": data, "dpi": dpi,
+                                        "matplotlib": version("matplotlib")}, sort_keys=True).encode())
+    digest.update(Path(find_spec("cnnlab.figures").origin).read_bytes())
+    return digest.hexdigest()
+
+
+def drawn_from(path: Path) -> str | None:
+    """The digest a figure of figure_of records; None for a missing, foreign or unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(DRAWN_FROM)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
 
 
 def _fsync(path: Path) -> None:

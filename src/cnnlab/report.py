@@ -67,6 +67,16 @@ def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
     return found
 
 
+def figure_data(histories: dict, analysis: dict) -> dict[str, dict]:
+    """The report's own figures' data, as JSON (cnnlab.outputs.StagedOutputs.figure_of): by
+    drawing function, its keyword arguments."""
+    return {
+        "curves_figure": {"histories": {name: history.to_dict("list") for name, history in histories.items()}},
+        "noise_figure": {"analysis": {name: {"noise": None if found["noise"] is None else found["noise"].to_dict("list")}
+                                      for name, found in analysis.items()}},
+    }
+
+
 def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
     return [{"model": model, **row} for row in frame[columns].to_dict("records")]
 
