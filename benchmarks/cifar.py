@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cnnlab import params as params_mod
+from cnnlab.core import params as params_mod
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 from cnnlab.evaluate import evaluate_model

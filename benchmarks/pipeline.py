@@ -37,7 +37,7 @@ COLUMNS = ("wall", "startup", "load", "fit", "write", "other", "dvc")
 def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
     """One `dvc repro -f`; (total seconds, [(stage, seconds from its start line to the next)])."""
     env = {**os.environ, "CNNLAB_TIMINGS": str(timings), "PYTHONUNBUFFERED": "1"}
-    from cnnlab import paths
+    from cnnlab.core import paths
     report = paths.outputs("report", root=ROOT)
     for figure in (report.curves, report.noise):  # the report keeps a figure whose data is unchanged:
         figure.unlink(missing_ok=True)            # a forced run draws it, as a first build does

@@ -50,7 +50,7 @@ def train_once(model: str, nproc: int, epochs: int) -> dict:
 
 def parameter_counts() -> dict:
     import torch
-    from cnnlab.checkpoints import count_parameters
+    from cnnlab.engine.checkpoints import count_parameters
     from cnnlab.models import build
     shapes = {"resnet_small": (3, 10, 32), "resnet18": (3, 10, 32)}
     with torch.device("meta"):

@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import models, params as params_mod
-from cnnlab.batches import DeviceSplit
+from cnnlab import models
+from cnnlab.core import params as params_mod
+from cnnlab.engine.batches import DeviceSplit
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.inference import autocast_dtype, layout, score
+from cnnlab.engine.inference import autocast_dtype, layout, score
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import environment, seed_everything
 from cnnlab.train import fit, train_config

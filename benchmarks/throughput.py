@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cnnlab import CnnlabError, params as params_mod
+from cnnlab import CnnlabError
+from cnnlab.core import params as params_mod
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.layers import textbook_order
+from cnnlab.engine.layers import textbook_order
 from cnnlab.models import build
 from cnnlab.prepare import load_prepared, prepare, save_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything

@@ -1,7 +1,7 @@
 """Look inside one trained model: every analysis of the registry (cnnlab.analyze.ANALYSES)."""
-from cnnlab import params, paths, stage
+from cnnlab.core import params, paths, stage
 from cnnlab.analyze import analyze_model
-from cnnlab.outputs import write_result
+from cnnlab.core.outputs import write_result
 
 
 def main():

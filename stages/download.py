@@ -1,7 +1,7 @@
 """Fetch the raw dataset files into data/raw (from $CNNLAB_DATA_MIRROR when set), verified."""
 import json
 
-from cnnlab import params, paths, stage
+from cnnlab.core import params, paths, stage
 from cnnlab.datasets import DATASETS, formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 

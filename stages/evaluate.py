@@ -1,7 +1,7 @@
 """Evaluate one trained model on the test set: metrics, per-class scores, confusion matrix."""
-from cnnlab import params, paths, stage
+from cnnlab.core import params, paths, stage
 from cnnlab.evaluate import evaluate_model
-from cnnlab.outputs import write_result
+from cnnlab.core.outputs import write_result
 
 
 def main():

@@ -1,5 +1,5 @@
 """Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
-from cnnlab import params, paths, stage
+from cnnlab.core import params, paths, stage
 from cnnlab.datasets import DATASETS, formats as datasets
 from cnnlab.prepare import prepare, save_prepared
 

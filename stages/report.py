@@ -2,8 +2,9 @@
 `dvc exp show`, one CSV per chart for `dvc plots`, the figures compared across runs."""
 import shutil
 
-from cnnlab import params, paths, stage
-from cnnlab.outputs import write_csv
+from cnnlab.core import params, paths, stage
+from cnnlab.core.outputs import write_csv
+from cnnlab.figures import curves_figure, noise_figure
 from cnnlab.report import collect, collect_analysis, comparison, figure_data, markdown, read_data_summary
 
 
@@ -33,8 +34,8 @@ def main():
         for name, source in compared["figures"].items():
             shutil.copyfile(source, figures / name)
         drawing = figure_data(histories, analysis)  # a figure whose data is unchanged is kept, not redrawn
-        out.figure_of(target.curves, "curves_figure", drawing["curves_figure"], dpi=dpi)
-        out.figure_of(target.noise, "noise_figure", drawing["noise_figure"], dpi=dpi)
+        out.figure_of(target.curves, curves_figure, drawing["curves"], dpi=dpi)
+        out.figure_of(target.noise, noise_figure, drawing["noise"], dpi=dpi)
         out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis,
                                            read_data_summary()))
     print("report: " + ", ".join(f"{r.model} {r.test_accuracy:.4f}" for r in summary.itertuples()))

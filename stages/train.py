@@ -7,10 +7,11 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from cnnlab import distributed, params, paths, stage  # first: cnnlab notes the parent process
+from cnnlab import distributed  # first: cnnlab notes the parent process
+from cnnlab.core import params, paths, stage
 from dvclive import Live
-from cnnlab.outputs import write_result
-from cnnlab.params import train_config
+from cnnlab.core.outputs import write_result
+from cnnlab.core.params import train_config
 from cnnlab.train import train_model
 
 LIVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")

@@ -5,8 +5,8 @@ from torch import nn
 
 from cnnlab.analyze import capture_activations, grad_cam, image_likeness, leaf_modules, most_confused, tsne_2d
 from cnnlab.augment import salt_and_pepper
-from cnnlab.batches import DeviceSplit
-from cnnlab.inference import embeddings
+from cnnlab.engine.batches import DeviceSplit
+from cnnlab.engine.inference import embeddings
 from cnnlab.prepare import one_per_class
 from cnnlab.models import build, names, spec
 

@@ -6,8 +6,8 @@ import importlib.util
 
 import torch
 
-from cnnlab import params as params_mod
-from cnnlab.inference import autocast_dtype
+from cnnlab.core import params as params_mod
+from cnnlab.engine.inference import autocast_dtype
 from conftest import REPO, synthetic_digits
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.batches import DeviceBudget, DeviceSplit
-from cnnlab.checkpoints import checkpoint, load_checkpoint
-from cnnlab.inference import autocast_dtype, score
+from cnnlab.engine.batches import DeviceBudget, DeviceSplit
+from cnnlab.engine.checkpoints import checkpoint, load_checkpoint
+from cnnlab.engine.inference import autocast_dtype, score
 from cnnlab.models import build
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything

@@ -1,6 +1,8 @@
 """dvc.yaml is checked, never trusted: each stage's deps are exactly the code it runs (its script and
-every cnnlab module that script imports, transitively, lazy imports inside functions included) plus
-the data it reads; its outs are exactly what cnnlab.paths says it writes; its params are exactly
+every cnnlab module that script imports, transitively, lazy imports inside functions included; a
+code folder such as src/cnnlab/core stands for every module in it, so only a stage that imports
+all of them may list it) plus
+the data it reads; its outs are exactly what cnnlab.core.paths says it writes; its params are exactly
 what the stage loads (a stage sees only its declared params, see test_params.py)."""
 
 import ast
@@ -9,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab import models, paths, report
+from cnnlab import models, report
+from cnnlab.core import paths
 from conftest import REPO
 
 SRC = REPO / "src"
@@ -46,7 +49,7 @@ def imports_of(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-            # `from cnnlab import params` imports the module cnnlab.params
+            # `from cnnlab.core import params` imports the module cnnlab.core.params
             found |= {f"{node.module}.{alias.name}" for alias in node.names
                       if module_file(f"{node.module}.{alias.name}") is not None}
     return found
@@ -71,7 +74,13 @@ def code_deps(script: Path) -> set[str]:
 
 
 def declared_deps(stage: dict, model: str) -> set[str]:
-    return {d.replace("${item.model}", model) for d in stage["deps"]}
+    """The stage's deps for `model`, a code folder (src/cnnlab/core) standing for every module in it."""
+    deps = set()
+    for dep in (d.replace("${item.model}", model) for d in stage["deps"]):
+        folder = REPO / dep
+        deps |= {p.relative_to(REPO).as_posix() for p in folder.rglob("*.py")} \
+            if dep.startswith("src/") and folder.is_dir() else {dep}
+    return deps
 
 
 def script_of(stage: dict) -> Path:
@@ -149,3 +158,15 @@ def test_dvc_lock_records_only_stages_dvc_yaml_defines():
     stage is still defined.)"""
     locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     assert {name.split("@")[0] for name in locked} <= set(STAGES), sorted(locked)
+
+
+def test_python_caches_in_code_folders_are_not_hashed():
+    """A code folder's hash is its sources': bytecode caches that Python writes beside them would
+    otherwise mark every stage changed whenever another Python version compiles them."""
+    import subprocess
+    folders = {d for stage in STAGES.values() for d in stage["deps"]
+               if d.startswith("src/") and (REPO / d).is_dir()}
+    assert folders >= {"src/cnnlab/core", "src/cnnlab/engine", "src/cnnlab/datasets"}
+    caches = [f"{folder}/__pycache__/x.cpython-311.pyc" for folder in sorted(folders)]
+    result = subprocess.run(["dvc", "check-ignore", *caches], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == caches, result.stdout + result.stderr

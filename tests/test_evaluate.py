@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.batches import DeviceSplit
+from cnnlab.engine.batches import DeviceSplit
 from cnnlab.evaluate import scores
-from cnnlab.inference import score
+from cnnlab.engine.inference import score
 
 
 def test_scores_on_a_hand_worked_example():
@@ -44,7 +44,7 @@ def test_predict_matches_a_direct_forward_pass():
 
 
 def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
-    from cnnlab.checkpoints import checkpoint
+    from cnnlab.engine.checkpoints import checkpoint
     from cnnlab.evaluate import evaluate_model
     from cnnlab.models import build
     from cnnlab.prepare import prepare, save_prepared

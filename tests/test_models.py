@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from cnnlab import CnnlabError
-from cnnlab.checkpoints import checkpoint, count_parameters, load_checkpoint
+from cnnlab.engine.checkpoints import checkpoint, count_parameters, load_checkpoint
 from cnnlab.models import build, names
 
 
@@ -56,7 +56,7 @@ def test_pooling_before_the_relu_computes_the_textbook_network(name):
     # The conv blocks run conv -> pool -> ReLU for speed; relu and max commute, so the network must
     # equal the textbook conv -> ReLU -> pool one with the same weights, forward and backward.
     from torch import nn
-    from cnnlab.layers import textbook_order
+    from cnnlab.engine.layers import textbook_order
     model = build(name, 1, 10, 28)
     reference = textbook_order(model).eval()
     kinds = [type(layer) for layer in reference]
@@ -106,7 +106,7 @@ def test_model_options_are_checked_as_their_signatures_declare():
                                     ("mlp", {"hidden": 10**9}, "mlp.hidden must be an integer >= 1 and <= 65536"),
                                     ("cnn", {"dropout": 1.0}, "cnn.dropout must be a finite number >= 0 and < 1"),
                                     ("resnet18", {"stem": "vgg"}, "resnet18.stem must be one of cifar, imagenet")):
-        from cnnlab.params import validate
+        from cnnlab.core.params import validate
         with pytest.raises(CnnlabError, match=message):
             validate({**raw, section: value})
 
@@ -121,7 +121,7 @@ def test_resnet18_stems():
 
 
 def test_weights_load_from_a_local_state_dict_and_mismatches_are_clear(tmp_path):
-    from cnnlab.checkpoints import load_weights
+    from cnnlab.engine.checkpoints import load_weights
     source = build("cnn_small", 1, 10, 28)
     torch.save(source.state_dict(), tmp_path / "plain.pt")
     target = build("cnn_small", 1, 10, 28)

@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
     """A LeNet trained on synthetic digits, saved as the train stage saves it, and a folder of
     test images written as PNG files (their true classes in the file names)."""
     from PIL import Image
-    from cnnlab.checkpoints import checkpoint
+    from cnnlab.engine.checkpoints import checkpoint
     from cnnlab.models import build
     from cnnlab.prepare import channel_stats
     from cnnlab.runtime import seed_everything
@@ -79,7 +79,7 @@ def test_the_command_line_prints_one_line_per_image_and_one_line_per_error(train
 
 
 def test_export_writes_a_program_that_matches_the_model(trained, tmp_path):
-    from cnnlab.checkpoints import load_checkpoint
+    from cnnlab.engine.checkpoints import load_checkpoint
     result = cli(trained / "lenet.pt", "--export", tmp_path / "lenet.pt2")
     assert result.returncode == 0 and "exported" in result.stdout, result.stderr
     scripted = torch.export.load(str(tmp_path / "lenet.pt2")).module()

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from cnnlab import CnnlabError
-from cnnlab.checkpoints import adapt_pretrained, fetch_pretrained, pretrained_weights
+from cnnlab.engine.checkpoints import adapt_pretrained, fetch_pretrained, pretrained_weights
 from cnnlab.models import build
 
 

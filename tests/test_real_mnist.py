@@ -28,8 +28,8 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
     # the Grad-CAM paper's fine map on the trained LeNet: at least twice the digit's share of the image
     # lies on the digit's pixels (Grad-CAM alone is as coarse as LeNet's last 5x5 block)
     from cnnlab.analyze import guided_grad_cam, mass_on
-    from cnnlab.batches import DeviceSplit
-    from cnnlab.checkpoints import load_checkpoint
+    from cnnlab.engine.batches import DeviceSplit
+    from cnnlab.engine.checkpoints import load_checkpoint
     model, ckpt = load_checkpoint(tmp_path / "lenet.pt", torch.device("cpu"))
     images, labels = splits["test"][0][:200], splits["test"][1][:200]
     test = DeviceSplit(images, labels, ckpt["mean"], ckpt["std"], torch.device("cpu"))

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.batches import DeviceSplit
-from cnnlab.checkpoints import count_parameters
+from cnnlab.engine.batches import DeviceSplit
+from cnnlab.engine.checkpoints import count_parameters
 from cnnlab.models import build, names
-from cnnlab.params import model_kwargs
+from cnnlab.core.params import model_kwargs
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
 from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
@@ -119,8 +119,8 @@ def test_channels_last_batches_train_to_the_same_result():
 
 
 def test_precision_auto_is_bf16_on_cpus_that_compute_it(tmp_path, monkeypatch):
-    from cnnlab import inference
-    from cnnlab.inference import autocast_dtype, cpu_has_bf16
+    from cnnlab.engine import inference
+    from cnnlab.engine.inference import autocast_dtype, cpu_has_bf16
     zen4 = tmp_path / "zen4"
     zen4.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     avx2 = tmp_path / "avx2"
@@ -173,7 +173,7 @@ def prepared_dir(tmp_path, channels, n_train=60):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name, channels):
     from conftest import base_params
-    from cnnlab.checkpoints import load_checkpoint
+    from cnnlab.engine.checkpoints import load_checkpoint
     params = base_params()
     params[name] = {**params[name], "epochs": 1, "batch_size": 16, "progress": False, "eval_batch_size": 64}
     prepared = prepared_dir(tmp_path, channels)
@@ -259,8 +259,8 @@ def test_freeze_and_embeddings_take_the_declared_head_not_the_last_layer_with_pa
     from torch import nn
 
     from cnnlab import models
-    from cnnlab.batches import DeviceSplit
-    from cnnlab.inference import embeddings
+    from cnnlab.engine.batches import DeviceSplit
+    from cnnlab.engine.inference import embeddings
     from conftest import base_params
 
     def normtail(in_channels, num_classes, image_size):

@@ -1,6 +1,6 @@
 """Every number table in README.md and docs/, written from what the pipeline and the benchmarks
 committed: never typed. Also writes the params reference (docs/params.md) and the JSON Schema of
-params.yaml (params.schema.json) from the validation schema in cnnlab/params.py.
+params.yaml (params.schema.json) from the validation schema in cnnlab/core/params.py.
 
     python tools/docs_tables.py          # rewrite the tables in place
     python tools/docs_tables.py --check  # exit 1, naming the file, if any table is stale (a test runs this)
@@ -23,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cnnlab import checks, models, paths, report  # noqa: E402
+from cnnlab import models, report  # noqa: E402
+from cnnlab.core import checks, paths
 from cnnlab.datasets import DATASETS  # noqa: E402
-from cnnlab.params import SCHEMA, read_yaml  # noqa: E402
+from cnnlab.core.params import SCHEMA, read_yaml  # noqa: E402
 
 MARKER = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 SCHEMA_FILE = ROOT / "params.schema.json"

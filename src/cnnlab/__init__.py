@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 # The parent process as a stage script first imports cnnlab (its first import): a stage whose parent
-# has changed by the time it asks to follow its parent lost it in between (cnnlab.stage).
+# has changed by the time it asks to follow its parent lost it in between (cnnlab.core.stage).
 PARENT_AT_START = os.getppid()
 
 

@@ -28,10 +28,10 @@ from torch import nn
 
 from cnnlab import figures, models
 from cnnlab.augment import salt_and_pepper
-from cnnlab.batches import DeviceBudget, DeviceSplit
-from cnnlab.checkpoints import load_checkpoint
-from cnnlab.inference import autocast_dtype, embeddings, layout, score
-from cnnlab.outputs import Result
+from cnnlab.engine.batches import DeviceBudget, DeviceSplit
+from cnnlab.engine.checkpoints import load_checkpoint
+from cnnlab.engine.inference import autocast_dtype, embeddings, layout, score
+from cnnlab.core.outputs import Result
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.runtime import pick_device
 

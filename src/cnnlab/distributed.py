@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from cnnlab import CnnlabError
-from cnnlab.outputs import StagedOutputs, remove_temporaries
-from cnnlab.stage import LAUNCHER
+from cnnlab.core.outputs import StagedOutputs, remove_temporaries
+from cnnlab.core.stage import LAUNCHER
 
 LAUNCH_ENV = "CNNLAB_TORCHRUN"     # torchrun's arguments for several nodes, e.g. the rendezvous
 

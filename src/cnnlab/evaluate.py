@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.batches import DeviceBudget, DeviceSplit
-from cnnlab.checkpoints import load_checkpoint
+from cnnlab.engine.batches import DeviceBudget, DeviceSplit
+from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
-from cnnlab.inference import autocast_dtype, layout, score
-from cnnlab.outputs import Result
+from cnnlab.engine.inference import autocast_dtype, layout, score
+from cnnlab.core.outputs import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
 

@@ -1,24 +1,31 @@
 """Every figure cnnlab draws (matplotlib and seaborn, headless), as functions of plain data.
 
 Analysis, evaluation and the report compute; this module only draws, so a figure's look is changed in
-one place and no stage needs a display. Neither torch nor seaborn is imported at the top: the report
-stage draws with matplotlib alone and should not pay for them.
+one place and no stage needs a display. Neither torch, seaborn nor matplotlib is imported at the top:
+the report stage draws with matplotlib alone and should not pay for the others, and a stage that
+keeps a figure whose data is unchanged (cnnlab.core.outputs.StagedOutputs.figure_of) pays for none.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-
-import matplotlib
-
-matplotlib.use("Agg")  # stages run headless
-import matplotlib.pyplot as plt
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot, headless (stages have no display), imported by the first drawing."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
 
 def _show(ax, image: torch.Tensor, cmap="gray"):
     image = image.float()
@@ -51,7 +58,7 @@ def mosaic(tiles: np.ndarray, scale_each: bool) -> np.ndarray:
 
 def _mosaic_axes(ax, grid: np.ndarray, tile: tuple[int, int], row_labels: list[str], column_labels: list[str],
                  **imshow):
-    cmap = plt.get_cmap(imshow.pop("cmap")).with_extremes(bad="white")
+    cmap = pyplot().get_cmap(imshow.pop("cmap")).with_extremes(bad="white")
     ax.imshow(grid, cmap=cmap, interpolation="nearest", **imshow)
     h, w = tile
     ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(row_labels))], row_labels, fontsize=8)
@@ -67,7 +74,7 @@ def feature_map_figure(title: str, activation: torch.Tensor, row_labels: list[st
     rows = len(activation)
     if activation.dim() == 4:
         channels = min(activation.shape[1], max_channels)
-        fig, ax = plt.subplots(figsize=(0.9 * channels + 0.6, 0.9 * rows + 0.5))
+        fig, ax = pyplot().subplots(figsize=(0.9 * channels + 0.6, 0.9 * rows + 0.5))
         grid = mosaic(activation[:, :channels].float().numpy(), scale_each=True)
         _mosaic_axes(ax, grid, activation.shape[2:], row_labels, [str(c) for c in range(channels)], cmap="viridis")
         ax.set_xlabel("channel", fontsize=8)
@@ -76,7 +83,7 @@ def feature_map_figure(title: str, activation: torch.Tensor, row_labels: list[st
         fig.suptitle(f"{title}: {shown}, {activation.shape[2]}x{activation.shape[3]}", fontsize=10)
     else:
         values = activation.flatten(1).float()
-        fig, ax = plt.subplots(figsize=(8, 0.3 * rows + 1))
+        fig, ax = pyplot().subplots(figsize=(8, 0.3 * rows + 1))
         ax.imshow(values.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_yticks(range(rows), row_labels)
         ax.set_xlabel("unit")
@@ -113,7 +120,7 @@ def filters_figure(title: str, weight: torch.Tensor, first_layer: bool, max_chan
         row_labels = [f"in {i}" for i in range(tiles.shape[0])] if first_layer else ["strongest input"]
         column_labels, xlabel = [str(c) for c in range(outs)], "filter"
     rows, columns = tiles.shape[:2]
-    fig, ax = plt.subplots(figsize=(0.6 * columns + 0.9, 0.6 * rows + 0.7))
+    fig, ax = pyplot().subplots(figsize=(0.6 * columns + 0.9, 0.6 * rows + 0.7))
     grid = mosaic(tiles, scale_each=False)  # one colour scale: signs compare
     _mosaic_axes(ax, grid, (h, w), row_labels, column_labels, cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_xlabel(xlabel, fontsize=8)
@@ -125,7 +132,7 @@ def filters_figure(title: str, weight: torch.Tensor, first_layer: bool, max_chan
 
 def image_grid(images: torch.Tensor, captions: list[str], columns: int, title: str, overlays=None):
     rows = math.ceil(len(images) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.4), squeeze=False)
+    fig, axes = pyplot().subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (image, caption) in enumerate(zip(images, captions)):
@@ -143,7 +150,7 @@ def gradcam_figure(images: torch.Tensor, cams: torch.Tensor, guided: torch.Tenso
                    title: str):
     """One column per image: the image under its Grad-CAM heat (top), Guided Grad-CAM (bottom)."""
     columns = len(images)
-    fig, axes = plt.subplots(2, columns, figsize=(1.3 * columns, 3.1), squeeze=False)
+    fig, axes = pyplot().subplots(2, columns, figsize=(1.3 * columns, 3.1), squeeze=False)
     for i in range(columns):
         _show(axes[0][i], images[i])
         axes[0][i].imshow(cams[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -159,7 +166,7 @@ def gradcam_figure(images: torch.Tensor, cams: torch.Tensor, guided: torch.Tenso
 def attribution_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], title: str):
     """One row per method, one column per image: each map scaled to its own peak."""
     rows, columns = len(maps), len(images)
-    fig, axes = plt.subplots(rows + 1, columns, figsize=(1.2 * columns + 1.2, 1.25 * (rows + 1) + 0.4), squeeze=False)
+    fig, axes = pyplot().subplots(rows + 1, columns, figsize=(1.2 * columns + 1.2, 1.25 * (rows + 1) + 0.4), squeeze=False)
     for i in range(columns):
         _show(axes[0][i], images[i])
         axes[0][i].set_title(captions[i], fontsize=7)
@@ -176,8 +183,8 @@ def attribution_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], capt
 
 
 def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str):
-    fig, ax = plt.subplots(figsize=(6, 5.2))
-    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, ax = pyplot().subplots(figsize=(6, 5.2))
+    palette = pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for cls, name in enumerate(classes):
         mask = labels == cls
         ax.scatter(points[mask, 0], points[mask, 1], s=4, color=palette(cls % palette.N), label=name)
@@ -198,7 +205,7 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, classes: list[str
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
     import seaborn as sns
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(classes), 0.6 + 0.5 * len(classes)))
+    fig, ax = pyplot().subplots(figsize=(1.0 + 0.55 * len(classes), 0.6 + 0.5 * len(classes)))
     sns.heatmap(matrix, annot=len(classes) <= 20, fmt="d", cmap="Blues", cbar=False, ax=ax,
                 xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 8})
     ax.set_xlabel("predicted")
@@ -208,7 +215,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
 
 
 def noise_figure(analysis: dict):
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for i, (name, found) in enumerate(analysis.items()):
         curve = found["noise"]
         if curve is None:
@@ -223,7 +230,7 @@ def noise_figure(analysis: dict):
 
 
 def curves_figure(histories: dict):
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 3.8))
     for i, (name, history) in enumerate(histories.items()):
         color = f"C{i}"  # one colour per model across all panels
         axes[0].plot(history["epoch"], history["train_loss"], color=color, label=f"{name} train")

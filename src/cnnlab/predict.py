@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import CnnlabError
-from cnnlab.batches import DeviceSplit
-from cnnlab.checkpoints import load_checkpoint
+from cnnlab.engine.batches import DeviceSplit
+from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.datasets.folder import IMAGE_SUFFIXES, decode_files, hidden
-from cnnlab.inference import autocast_dtype, run
+from cnnlab.engine.inference import autocast_dtype, run
 from cnnlab.runtime import pick_device
 
 
@@ -73,7 +73,7 @@ def export(checkpoint: str | Path, target: str | Path, tolerance: float = 1e-5) 
     generator = torch.Generator().manual_seed(0)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (torch.randn(2, *shape, generator=generator),), dynamic_shapes=({0: batch},))
-    from cnnlab.outputs import write_atomically
+    from cnnlab.core.outputs import write_atomically
     target = Path(target)
     import warnings
     with warnings.catch_warnings():  # torch.export's own note about CPU weights, on every save: not ours to act on
@@ -108,5 +108,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cnnlab import stage
+    from cnnlab.core import stage
     stage.run(main, sweep=False)

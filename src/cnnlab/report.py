@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnlab import CnnlabError, paths
+from cnnlab import CnnlabError
+from cnnlab.core import paths
 
 # What the report reads, by stage and output role (paths.OUTPUTS): dvc.yaml's deps of the report stage
 # are the folders holding these (tests/test_dvc_yaml.py checks it).
@@ -68,12 +69,12 @@ def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
 
 
 def figure_data(histories: dict, analysis: dict) -> dict[str, dict]:
-    """The report's own figures' data, as JSON (cnnlab.outputs.StagedOutputs.figure_of): by
-    drawing function, its keyword arguments."""
+    """The data of the report's own figures, as JSON (cnnlab.core.outputs.StagedOutputs.figure_of):
+    the keyword arguments of curves_figure and noise_figure."""
     return {
-        "curves_figure": {"histories": {name: history.to_dict("list") for name, history in histories.items()}},
-        "noise_figure": {"analysis": {name: {"noise": None if found["noise"] is None else found["noise"].to_dict("list")}
-                                      for name, found in analysis.items()}},
+        "curves": {"histories": {name: history.to_dict("list") for name, history in histories.items()}},
+        "noise": {"analysis": {name: {"noise": None if found["noise"] is None else found["noise"].to_dict("list")}
+                               for name, found in analysis.items()}},
     }
 
 

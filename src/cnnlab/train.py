@@ -16,12 +16,12 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnlab import CnnlabError, augment as augment_mod, distributed, models, timed
-from cnnlab.batches import DeviceBudget, DeviceSplit
-from cnnlab.checkpoints import (adapt_pretrained, checkpoint, count_parameters, fetch_pretrained,
+from cnnlab.engine.batches import DeviceBudget, DeviceSplit
+from cnnlab.engine.checkpoints import (adapt_pretrained, checkpoint, count_parameters, fetch_pretrained,
                                 is_pretrained_name, load_weights, pretrained_weights)
-from cnnlab.inference import autocast_dtype, score, uses_channels_last
-from cnnlab.outputs import Result
-from cnnlab.params import model_kwargs, train_config
+from cnnlab.engine.inference import autocast_dtype, score, uses_channels_last
+from cnnlab.core.outputs import Result
+from cnnlab.core.params import model_kwargs, train_config
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import check_memory, environment, pick_device, seed_everything
 
@@ -121,7 +121,7 @@ class Resume:
 
     A snapshot is used only if its fingerprint (the training params, the prepared data's description
     and cnnlab's code) matches; written atomically each epoch, removed by the train stage once its
-    outputs are in place. It lives outside the pipeline's outputs (cnnlab.paths.RESUME), so a
+    outputs are in place. It lives outside the pipeline's outputs (cnnlab.core.paths.RESUME), so a
     finished stage never depends on it.
     """
 
@@ -138,7 +138,7 @@ class Resume:
         return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
 
     def save(self, state: dict) -> None:
-        from cnnlab.outputs import write_atomically
+        from cnnlab.core.outputs import write_atomically
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, lambda path: torch.save({**state, "fingerprint": self.fingerprint}, path))
 

@@ -7,7 +7,7 @@ model's structure.
 A model's module is imported only when that model is built: every stage validates params.yaml,
 and the names of the models are this folder's file names, so adding or editing a model reruns
 only that model's stages (dvc.yaml's train/evaluate/analyze deps name `models/${item.model}.py`).
-Building blocks shared by several models live in cnnlab/layers.py.
+Building blocks shared by several models live in cnnlab/engine/layers.py.
 
 To add a model: a file `<name>.py` here with a constructor and its `spec` (see lenet.py), and a
 `<name>:` section in params.yaml (docs/extending.md walks through it).

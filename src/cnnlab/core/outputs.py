@@ -9,11 +9,11 @@ record their file name (torch.save names the zip's root folder after it) then wr
 as a direct save would, so the same training gives a byte-identical checkpoint.
 
 Under torchrun, rank 0 cannot know that the other ranks will also end well, so it does not rename:
-it hands its staged outputs over to the stage process that launched torchrun (cnnlab.stage decides
+it hands its staged outputs over to the stage process that launched torchrun (cnnlab.core.stage decides
 which), which renames them only once every rank has exited cleanly, and removes them otherwise.
 
 A stage's core returns a `Result` (its JSON, tables, figures and other files, by output role);
-`write_result` stages each where cnnlab.paths puts that role.
+`write_result` stages each where cnnlab.core.paths puts that role.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from cnnlab import paths
+from cnnlab.core import paths
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
 HANDED_OVER = "staged.json"    # in the launcher's folder: rank 0's staged outputs, for it to commit
@@ -91,21 +91,20 @@ class StagedOutputs:
         fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
         plt.close(fig)
 
-    def figure_of(self, target: str | Path, figure: str, data: dict, dpi: int = 110) -> bool:
-        """Stage `target` as the figure `cnnlab.figures.<figure>(**data)` draws, unless `target`
-        already holds exactly that figure: then its bytes are kept, and neither matplotlib nor the
-        drawing is paid for (a report-only change redraws nothing). Returns whether it drew.
+    def figure_of(self, target: str | Path, draw: Callable[..., Any], data: dict, dpi: int = 110) -> bool:
+        """Stage `target` as the figure `draw(**data)` makes, unless `target` already holds exactly
+        that figure: then its bytes are kept and nothing is drawn, so a report-only change does not
+        pay for matplotlib (cnnlab.figures imports it on the first drawing). Returns whether it drew.
 
-        Each figure records what it was drawn from (figure_digest) in its PNG metadata. `data` must
-        be JSON: the figure is a function of it, the dpi and the drawing code, and nothing else."""
-        digest = figure_digest(figure, data, dpi)
+        Each figure records what it was drawn from (figure_digest) in its PNG metadata; `data`
+        must be JSON, and the figure a function of it, the dpi and the drawing code alone."""
+        digest = figure_digest(draw, data, dpi)
         path = self.path(target)
         if drawn_from(Path(target)) == digest:
             shutil.copyfile(target, path)
             return False
-        from cnnlab import figures
+        fig = draw(**data)
         import matplotlib.pyplot as plt
-        fig = getattr(figures, figure)(**data)
         fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", metadata={DRAWN_FROM: digest})
         plt.close(fig)
         return True
@@ -146,15 +145,15 @@ class StagedOutputs:
 DRAWN_FROM = "cnnlab drawn from"  # the PNG text key of a figure's digest (figure_of)
 
 
-def figure_digest(figure: str, data: dict, dpi: int) -> str:
-    """What a figure is a function of: its data, its dpi, the drawing function's name, cnnlab's
-    figure code (by content) and matplotlib's version. Found without importing matplotlib."""
+def figure_digest(draw: Callable[..., Any], data: dict, dpi: int) -> str:
+    """What a figure is a function of: its data, its dpi, the drawing function (by name, and its
+    module's source, so any edit to the drawing code redraws) and matplotlib's version."""
     import hashlib
+    import sys
     from importlib.metadata import version
-    from importlib.util import find_spec
-    digest = hashlib.sha256(json.dumps({"figure": figure, "data": data, "dpi": dpi,
+    digest = hashlib.sha256(json.dumps({"figure": f"{draw.__module__}.{draw.__qualname__}", "data": data, "dpi": dpi,
                                         "matplotlib": version("matplotlib")}, sort_keys=True).encode())
-    digest.update(Path(find_spec("cnnlab.figures").origin).read_bytes())
+    digest.update(Path(sys.modules[draw.__module__].__file__).read_bytes())
     return digest.hexdigest()
 
 
@@ -222,7 +221,7 @@ def remove_temporaries(owner: int, folders=OUTPUT_FOLDERS) -> None:
 
 @dataclass
 class Result:
-    """What a stage produced, by output role (the keys of cnnlab.paths.OUTPUTS[stage]).
+    """What a stage produced, by output role (the keys of cnnlab.core.paths.OUTPUTS[stage]).
 
     json: role -> a mapping written as JSON (NaN refused).
     tables: role -> rows (one CSV), or, for a folder role, name -> rows (one CSV each).
@@ -236,11 +235,11 @@ class Result:
 
 
 def write_result(out: StagedOutputs, stage: str, result: Result, model: str = "", dpi: int = 110) -> None:
-    """Stage every output of `result` where cnnlab.paths puts its role; a folder role is replaced whole."""
+    """Stage every output of `result` where cnnlab.core.paths puts its role; a folder role is replaced whole."""
     target = vars(paths.outputs(stage, model))
     unknown = {*result.json, *result.tables, *result.figures, *result.files} - set(target)
     if unknown:
-        raise KeyError(f"{stage}: no output role {sorted(unknown)} in cnnlab.paths.OUTPUTS")
+        raise KeyError(f"{stage}: no output role {sorted(unknown)} in cnnlab.core.paths.OUTPUTS")
     folders: dict[str, Path] = {}
 
     def folder(role: str) -> Path:

@@ -141,5 +141,5 @@ def load_checkpoint(path: str | Path, device: torch.device, expected: str | None
     model = models.build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
     model.load_state_dict(ckpt["state_dict"])
     # inference in the memory layout the model was trained and validated in
-    from cnnlab.inference import layout
+    from cnnlab.engine.inference import layout
     return model.to(device, memory_format=layout(model)).eval(), ckpt

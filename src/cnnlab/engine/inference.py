@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.batches import DeviceSplit
+from cnnlab.engine.batches import DeviceSplit
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -2,7 +2,7 @@
 own work. `run` is its entry point: the command line, SIGTERM and the parent's death as an
 interruption, user errors as one line and exit code 1, the timing record benchmarks/pipeline.py
 reads, and, under torchrun, a failing rank's line for the launcher and rank 0's outputs handed over
-to it. What a stage writes is staged by cnnlab.outputs; `outputs()` says whether the staged files
+to it. What a stage writes is staged by cnnlab.core.outputs; `outputs()` says whether the staged files
 are committed here or handed over.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cnnlab import PARENT_AT_START, PHASE_SECONDS, CnnlabError, timed
-from cnnlab.outputs import StagedOutputs, sweep_temporaries
+from cnnlab.core.outputs import StagedOutputs, sweep_temporaries
 
 LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
 

@@ -17,7 +17,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from cnnlab import CnnlabError, checks, models
+from cnnlab import CnnlabError, models
+from cnnlab.core import checks
 
 AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "crop_padding": checks.integer(0, 64),
@@ -185,7 +186,7 @@ def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
 def read_yaml(text: str) -> Any:
     """YAML 1.2, as DVC reads and writes params.yaml (`-S train.lr=1e-3` is a number, not a
     string), with duplicate keys refused as DVC refuses them."""
-    return YAML(typ="safe", pure=True).load(text)
+    return YAML(typ="safe").load(text)  # with ruamel.yaml.clib: the C parser, as DVC parses it
 
 
 def require_choice(key: str, value: Any, allowed) -> Any:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from torch import nn
 
-from cnnlab.checks import number
+from cnnlab.core.checks import number
 
 Dropout = Annotated[float, number(0, 1, high_open=True)]
 
