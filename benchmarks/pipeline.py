@@ -39,8 +39,11 @@ def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
     env = {**os.environ, "CNNLAB_TIMINGS": str(timings), "PYTHONUNBUFFERED": "1"}
     from cnnlab.core import paths
     report = paths.outputs("report", root=ROOT)
-    for figure in (report.curves, report.noise):  # the report keeps a figure whose data is unchanged:
-        figure.unlink(missing_ok=True)            # a forced run draws it, as a first build does
+    # the report keeps a figure whose data is unchanged: a forced run draws it, as a first build does
+    # (put back should the run fail: DVC leaves the report's outputs to the report stage)
+    kept = {figure: figure.read_bytes() for figure in (report.curves, report.noise) if figure.exists()}
+    for figure in kept:
+        figure.unlink()
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
     with subprocess.Popen(["dvc", "repro", "-f"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -53,6 +56,9 @@ def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
                 marks.append((found.group(1), time.perf_counter()))
     total = time.perf_counter() - start
     if proc.returncode != 0:
+        for figure, data in kept.items():
+            if not figure.exists():
+                figure.write_bytes(data)
         sys.exit("dvc repro -f failed:\n" + "".join(log[-30:]))
     ends = [t for _, t in marks[1:]] + [start + total]
     return total, [(stage, end - begun) for (stage, begun), end in zip(marks, ends)]

@@ -1,7 +1,7 @@
 """dvc.yaml is checked, never trusted: each stage's deps are exactly the code it runs (its script and
 every cnnlab module that script imports, transitively, lazy imports inside functions included; a
-code folder such as src/cnnlab/core stands for every module in it, so only a stage that imports
-all of them may list it) plus
+code folder such as src/cnnlab/core stands for every module in it, so it may only be listed where
+each of them would be; a per-model stage's one list holds what any model needs) plus
 the data it reads; its outs are exactly what cnnlab.core.paths says it writes; its params are exactly
 what the stage loads (a stage sees only its declared params, see test_params.py)."""
 
@@ -160,13 +160,15 @@ def test_dvc_lock_records_only_stages_dvc_yaml_defines():
     assert {name.split("@")[0] for name in locked} <= set(STAGES), sorted(locked)
 
 
-def test_python_caches_in_code_folders_are_not_hashed():
-    """A code folder's hash is its sources': bytecode caches that Python writes beside them would
-    otherwise mark every stage changed whenever another Python version compiles them."""
+def test_python_caches_and_editor_files_in_code_folders_are_not_hashed():
+    """A code folder's hash is its sources': bytecode caches that Python writes beside them, or an
+    editor's swap and backup files, would otherwise mark every stage changed."""
     import subprocess
     folders = {d for stage in STAGES.values() for d in stage["deps"]
                if d.startswith("src/") and (REPO / d).is_dir()}
     assert folders >= {"src/cnnlab/core", "src/cnnlab/engine", "src/cnnlab/datasets"}
-    caches = [f"{folder}/__pycache__/x.cpython-311.pyc" for folder in sorted(folders)]
-    result = subprocess.run(["dvc", "check-ignore", *caches], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.split() == caches, result.stdout + result.stderr
+    ignored = [f"{folder}/{name}" for folder in sorted(folders)
+               for name in ("__pycache__/x.cpython-311.pyc", "params.py~", ".params.py.swp", ".#params.py")]
+    result = subprocess.run(["dvc", "check-ignore", *ignored, "src/cnnlab/core/params.py"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == ignored, result.stdout + result.stderr  # the source itself is hashed

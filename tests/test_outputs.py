@@ -169,6 +169,8 @@ def test_a_figure_of_unchanged_data_is_kept_as_it_is_without_drawing(tmp_path):
     changed = {"analysis": {**NOISE["analysis"], "mlp": {"noise": {"noise": [0, 0.1], "accuracy": [0.98, 0.5]}}}}
     assert _draw_noise(target, changed) and target.read_bytes() != first
     assert _draw_noise(target, changed, dpi=50)  # another resolution is another figure
+    reordered = {"analysis": dict(reversed(changed["analysis"].items()))}  # colours and legend follow the order
+    assert _draw_noise(target, reordered, dpi=50)
     with Image.open(target) as image:
         assert DRAWN_FROM in image.text and image.size[0] > 0
 

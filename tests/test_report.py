@@ -35,3 +35,15 @@ def test_the_comparison_names_the_most_robust_model():
 def test_maps_that_stay_image_like_to_the_end_are_not_said_to_fade():
     text = describe_model("cnn", found([0.8, 0.7, 0.6, None], 0.3, 0.05, [0.99, 0.97, 0.9]))
     assert "through its last spatial layer, 2 (Conv2d, 16x10x10, 0.60)" in text and "rather than" not in text
+
+
+def test_the_curves_figure_data_holds_only_what_it_draws():
+    """A retrain whose curves are the same but whose timings differ keeps report/curves.png."""
+    from cnnlab.report import CURVES, figure_data
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.5, 0.3], "train_accuracy": [0.9, 0.95],
+                            "val_loss": [0.4, 0.35], "val_accuracy": [0.91, 0.93], "lr": [0.1, 0.05],
+                            "seconds": [3.2, 3.1]})
+    slower = history.assign(seconds=[4.0, 4.4])
+    analysis = {"cnn": {"noise": None}}
+    assert figure_data({"cnn": history}, analysis) == figure_data({"cnn": slower}, analysis)
+    assert list(figure_data({"cnn": history}, analysis)["curves"]["histories"]["cnn"]) == CURVES

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnlab import models, report  # noqa: E402
-from cnnlab.core import checks, paths
+from cnnlab.core import checks, paths  # noqa: E402
 from cnnlab.datasets import DATASETS  # noqa: E402
 from cnnlab.core.params import SCHEMA, read_yaml  # noqa: E402
 

@@ -68,11 +68,15 @@ def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
     return found
 
 
+# the history columns curves_figure draws: a retrain that changes only its timings redraws nothing
+CURVES = ["epoch", "train_loss", "val_loss", "val_accuracy", "train_accuracy"]
+
+
 def figure_data(histories: dict, analysis: dict) -> dict[str, dict]:
     """The data of the report's own figures, as JSON (cnnlab.core.outputs.StagedOutputs.figure_of):
     the keyword arguments of curves_figure and noise_figure."""
     return {
-        "curves": {"histories": {name: history.to_dict("list") for name, history in histories.items()}},
+        "curves": {"histories": {name: history[CURVES].to_dict("list") for name, history in histories.items()}},
         "noise": {"analysis": {name: {"noise": None if found["noise"] is None else found["noise"].to_dict("list")}
                                for name, found in analysis.items()}},
     }

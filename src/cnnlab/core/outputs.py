@@ -146,13 +146,15 @@ DRAWN_FROM = "cnnlab drawn from"  # the PNG text key of a figure's digest (figur
 
 
 def figure_digest(draw: Callable[..., Any], data: dict, dpi: int) -> str:
-    """What a figure is a function of: its data, its dpi, the drawing function (by name, and its
-    module's source, so any edit to the drawing code redraws) and matplotlib's version."""
+    """What a figure is a function of: its data, in its order (the order of the models sets their
+    colours and the legend), its dpi, the drawing function (by name, and its module's source, so
+    any edit to the drawing code redraws) and matplotlib's version. Not matplotlibrc settings: after
+    changing those, delete the figure to have it redrawn."""
     import hashlib
     import sys
     from importlib.metadata import version
-    digest = hashlib.sha256(json.dumps({"figure": f"{draw.__module__}.{draw.__qualname__}", "data": data, "dpi": dpi,
-                                        "matplotlib": version("matplotlib")}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([f"{draw.__module__}.{draw.__qualname__}", data, dpi,
+                                        version("matplotlib")]).encode())
     digest.update(Path(sys.modules[draw.__module__].__file__).read_bytes())
     return digest.hexdigest()
 
