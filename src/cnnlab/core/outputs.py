@@ -82,13 +82,14 @@ class StagedOutputs:
     def csv(self, target: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
         write_csv(self.path(target), rows, columns)
 
-    def figure(self, target: str | Path, fig, dpi: int = 110, staged: bool = True) -> None:
-        """Save a matplotlib figure; staged=False writes straight to `target`, a path inside a folder
-        that is itself a staged output."""
+    def figure(self, target: str | Path, fig, dpi: int = 110, staged: bool = True,
+               metadata: dict[str, str] | None = None) -> None:
+        """Save a matplotlib figure (with `metadata` in the file); staged=False writes straight to
+        `target`, a path inside a folder that is itself a staged output."""
         import matplotlib.pyplot as plt
         path = self.path(target) if staged else Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:])
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:], metadata=metadata)
         plt.close(fig)
 
     def figure_of(self, target: str | Path, draw: Callable[..., Any], data: dict, dpi: int = 110) -> bool:
@@ -99,14 +100,10 @@ class StagedOutputs:
         Each figure records what it was drawn from (figure_digest) in its PNG metadata; `data`
         must be JSON, and the figure a function of it, the dpi and the drawing code alone."""
         digest = figure_digest(draw, data, dpi)
-        path = self.path(target)
         if drawn_from(Path(target)) == digest:
-            shutil.copyfile(target, path)
+            shutil.copyfile(target, self.path(target))
             return False
-        fig = draw(**data)
-        import matplotlib.pyplot as plt
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", metadata={DRAWN_FROM: digest})
-        plt.close(fig)
+        self.figure(target, draw(**data), dpi=dpi, metadata={DRAWN_FROM: digest})
         return True
 
     def commit(self) -> None:
