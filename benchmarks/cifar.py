@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from cnnlab.core import params as params_mod
+from cnnlab.config import params as params_mod
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 from cnnlab.evaluate import evaluate_model
 from cnnlab.prepare import prepare, save_prepared
 from cnnlab.runtime import environment, pick_device
-from cnnlab.train import train_model
+from cnnlab.train.main import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

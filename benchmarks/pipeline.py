@@ -37,7 +37,7 @@ COLUMNS = ("wall", "startup", "load", "fit", "write", "other", "dvc")
 def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
     """One `dvc repro -f`; (total seconds, [(stage, seconds from its start line to the next)])."""
     env = {**os.environ, "CNNLAB_TIMINGS": str(timings), "PYTHONUNBUFFERED": "1"}
-    from cnnlab.core import paths
+    from cnnlab.config import paths
     report = paths.outputs("report", root=ROOT)
     # the report keeps a figure whose data is unchanged: a forced run draws it, as a first build does
     # (put back should the run fail: DVC leaves the report's outputs to the report stage)

@@ -38,14 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import models
-from cnnlab.core import params as params_mod
+from cnnlab.config import params as params_mod
 from cnnlab.engine.batches import DeviceSplit
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 from cnnlab.engine.inference import autocast_dtype, layout, score
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import environment, seed_everything
-from cnnlab.train import fit, train_config
+from cnnlab.config.params import train_config
+from cnnlab.train.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -110,7 +111,7 @@ def cnnlab_speedrun(train: Data, test: Data, seed: int, params: dict) -> dict:
     test_split = DeviceSplit(*test, mean, std, device, memory_format)
     result = fit(model, train_split, test_split, cfg, generator, label="speedrun")
     dtype = autocast_dtype(cfg["precision"], device)
-    return {"accuracy": score(model, test_split, 1000, dtype, keep=False).accuracy, "seconds": result.pass_seconds,
+    return {"accuracy": score(model, test_split, 1000, dtype, keep=False).accuracy, "seconds": result["pass_seconds"],
             "precision": str(dtype or torch.float32).removeprefix("torch.")}
 
 

@@ -41,14 +41,15 @@ import torch.nn.functional as F
 import yaml
 
 from cnnlab import CnnlabError
-from cnnlab.core import params as params_mod
+from cnnlab.config import params as params_mod
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.engine.layers import textbook_order
+from cnnlab.models.blocks import textbook_order
 from cnnlab.models import build
 from cnnlab.prepare import load_prepared, prepare, save_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
-from cnnlab.train import train_model, uses_channels_last
+from cnnlab.engine.inference import uses_channels_last
+from cnnlab.train.main import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 128

@@ -1,11 +1,12 @@
 """Look inside one trained model: every analysis of the registry (cnnlab.analyze.ANALYSES)."""
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from cnnlab.analyze import analyze_model
-from cnnlab.core.outputs import write_result
+from cnnlab.results import write_result
 
 
 def main():
-    name = stage.model_argument("analyze")
+    name = params.model_argument("analyze")
     loaded = params.for_stage("analyze", name)
     options = loaded["analyze"]
     result = analyze_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED, options,

@@ -1,7 +1,8 @@
 """Fetch the raw dataset files into data/raw (from $CNNLAB_DATA_MIRROR when set), verified."""
 import json
 
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from cnnlab.datasets import DATASETS, formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 

@@ -1,11 +1,12 @@
 """Evaluate one trained model on the test set: metrics, per-class scores, confusion matrix."""
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from cnnlab.evaluate import evaluate_model
-from cnnlab.core.outputs import write_result
+from cnnlab.results import write_result
 
 
 def main():
-    name = stage.model_argument("evaluate")
+    name = params.model_argument("evaluate")
     loaded = params.for_stage("evaluate", name)
     result = evaluate_model(name, paths.outputs("train", name).checkpoint, paths.PREPARED,
                             loaded["evaluate"]["batch_size"], loaded["data"]["max_device_bytes"])

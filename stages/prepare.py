@@ -1,5 +1,6 @@
 """Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from cnnlab.datasets import DATASETS, formats as datasets
 from cnnlab.prepare import prepare, save_prepared
 

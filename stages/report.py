@@ -2,8 +2,9 @@
 `dvc exp show`, one CSV per chart for `dvc plots`, the figures compared across runs."""
 import shutil
 
-from cnnlab.core import params, paths, stage
-from cnnlab.core.outputs import write_csv
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
+from cnnlab.plumbing.outputs import write_csv
 from cnnlab.figures import curves_figure, noise_figure
 from cnnlab.report import collect, collect_analysis, comparison, figure_data, markdown, read_data_summary
 

@@ -1,6 +1,7 @@
 """Once per prepared dataset: a grid of sample training images per class, the class counts used, and
 the data card (what download and prepare found and did: files skipped, images turned, converted, resized)."""
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from cnnlab.figures import samples_figure
 from cnnlab.prepare import load_prepared, one_per_class
 

@@ -7,26 +7,27 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from cnnlab import distributed  # first: cnnlab notes the parent process
-from cnnlab.core import params, paths, stage
+from cnnlab.plumbing import stage, torchrun  # first: the plumbing notes the parent process
+from cnnlab.config import params, paths
 from dvclive import Live
-from cnnlab.core.outputs import write_result
-from cnnlab.core.params import train_config
-from cnnlab.train import train_model
+from cnnlab.config.params import train_config
+from cnnlab.results import write_result
+from cnnlab.train import parallel
+from cnnlab.train.main import train_model
 
 LIVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def main():
-    name = stage.model_argument("train")
+    name = params.model_argument("train")
     stage_params = params.for_stage("train", name)
-    if not distributed.under_torchrun():  # first, what will be trained and where each value came from
+    if not torchrun.under_torchrun():  # first, what will be trained and where each value came from
         print(params.describe_recipe(stage_params, name), flush=True)
     nproc = train_config(stage_params, name)["nproc"]
-    if distributed.needs_launch(nproc):
-        distributed.launch(nproc, sys.argv, f"train {name}")
+    if torchrun.needs_launch(nproc):
+        torchrun.launch(nproc, sys.argv, f"train {name}")
         return  # rank 0 wrote the outputs; launch put them in place
-    lead = distributed.rank() == 0
+    lead = parallel.is_lead()
     resume = Path(paths.RESUME.format(model=name))
     with Live(dir=paths.LIVE.format(model=name), save_dvc_exp=False, dvcyaml=None, report=None) \
             if lead else nullcontext() as live:

@@ -66,7 +66,7 @@ def real_mirror() -> Path:
 
 def base_params() -> dict:
     """A valid params dict, as params.yaml in the repo would load, for small in-process runs."""
-    from cnnlab.core import params
+    from cnnlab.config import params
     return params.load(REPO / "params.yaml")
 
 
@@ -184,7 +184,7 @@ def pipeline_env(mirror: Path, pythonpath: str = str(REPO / "src"), threads: int
 def _stages_never_end_pytest(monkeypatch):
     """`stage.run` ends a stage script's process when main returns; should it ever take a test for a
     script, pytest would exit 0 with the remaining tests unrun. Here it fails the test instead."""
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
 
     def refuse():
         raise AssertionError("stage.run tried to end the pytest process (stage._is_the_script misjudged)")

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.analyze import capture_activations, grad_cam, image_likeness, leaf_modules, most_confused, tsne_2d
+from cnnlab.analyze import capture_activations, image_likeness, leaf_modules, most_confused, tsne_2d
+from cnnlab.explain import grad_cam
 from cnnlab.augment import salt_and_pepper
 from cnnlab.engine.batches import DeviceSplit
 from cnnlab.engine.inference import embeddings
@@ -125,13 +126,13 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     must put at least twice the block's share of the image on it (uniform heat would put exactly that)."""
     from test_train import CFG, splits
     from cnnlab.runtime import seed_everything
-    from cnnlab.train import fit
+    from cnnlab.train.loop import fit
     from cnnlab.analyze import mass_on
     train, val = splits(n_train=600)
     generator = seed_everything(0)
     model = build("lenet", 1, 10, 28)
     result = fit(model, train, val, {**CFG, "epochs": 4}, generator)
-    assert result.val_accuracy > 0.9
+    assert result["val_accuracy"] > 0.9
     images = val.images[:40]
     cam, predicted, layer = grad_cam(model, spec("lenet").attribution_layer, val.normalise(images))
     assert layer == "5 (ReLU)"  # the last block's output, after pooling and the ReLU
@@ -139,7 +140,7 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     area = block.mean().item()
     mass = mass_on(cam, block).mean().item()
     assert mass >= 2 * area, (mass, area)
-    from cnnlab.analyze import guided_grad_cam
+    from cnnlab.explain import guided_grad_cam
     _, guided, _, _ = guided_grad_cam(model, "5", val.normalise(images))
     assert mass_on(guided, block).mean().item() >= 2 * area
 
@@ -148,7 +149,7 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
 def test_guided_backprop_leaves_the_model_as_it_was(name):
     """ResNet and AlexNet use in-place ReLUs, which backward hooks refuse: they are switched off for
     the guided pass and restored after it."""
-    from cnnlab.analyze import guided_grad_cam
+    from cnnlab.explain import guided_grad_cam
     model = build(name, 3, 10, 32).eval()
     flags = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cnnlab.augment import augment, random_crop, random_hflip, random_shift_scale, salt_and_pepper
-from cnnlab.core.params import AUGMENT_OFF
+from cnnlab.config.params import AUGMENT_OFF
 
 
 def numbered(n=64, c=1, size=8):

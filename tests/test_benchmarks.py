@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-from cnnlab.core import params as params_mod
+from cnnlab.config import params as params_mod
 from cnnlab.engine.inference import autocast_dtype
 from conftest import REPO, synthetic_digits
 

@@ -11,7 +11,7 @@ from cnnlab.engine.inference import autocast_dtype, score
 from cnnlab.models import build
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
-from cnnlab.train import fit
+from cnnlab.train.loop import fit
 from conftest import synthetic_digits
 from test_train import CFG
 

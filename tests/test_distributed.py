@@ -159,7 +159,7 @@ def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_nothing(tmp_path):
 RANKS_THAT_WRITE = """
 import os, sys, time
 from pathlib import Path
-from cnnlab.core.stage import launcher, outputs as staged_outputs, run as run_stage
+from cnnlab.plumbing.stage import launcher, outputs as staged_outputs, run as run_stage
 
 def main():
     if os.environ["RANK"] == "0":
@@ -181,7 +181,7 @@ def test_rank_0s_outputs_are_put_in_place_only_when_every_rank_ends_well(tmp_pat
     """Rank 0 has written everything when rank 1 fails: the stage still fails and leaves nothing.
     (CI once caught the killed-rank test above finishing its fit first: the outputs stayed.)"""
     from cnnlab import CnnlabError
-    from cnnlab.distributed import launch
+    from cnnlab.plumbing.torchrun import launch
     (tmp_path / "metrics").mkdir()
     (tmp_path / "ranks.py").write_text(RANKS_THAT_WRITE)
     monkeypatch.chdir(tmp_path)
@@ -210,7 +210,7 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
     """NCCL needs a GPU per process: on a 1-GPU node the second rank is refused before it binds,
     which the launcher then shows as that rank's one line (a real 1-GPU machine: README)."""
     from cnnlab import CnnlabError
-    from cnnlab.distributed import init
+    from cnnlab.train.parallel import init
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail("bound a GPU it does not have"))
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -219,7 +219,7 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
 
 
 def test_the_rank_with_its_own_error_is_named_before_those_that_lost_a_peer(tmp_path):
-    from cnnlab.distributed import _first_failure
+    from cnnlab.plumbing.torchrun import _first_failure
     for rank, time_, own, message in ((0, 1.0, False, "RuntimeError: Connection closed by peer"),
                                       (1, 2.0, True, "data/prepared/train.pt: missing")):
         (tmp_path / f"rank-{rank}.json").write_text(json.dumps(

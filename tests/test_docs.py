@@ -73,7 +73,7 @@ def test_a_stale_table_is_caught(tmp_path, monkeypatch):
 
 def test_the_json_schema_matches_the_validation_schema_and_accepts_params_yaml():
     from cnnlab import models
-    from cnnlab.core.params import SCHEMA, read_yaml
+    from cnnlab.config.params import SCHEMA, read_yaml
     schema = json.loads((REPO / "params.schema.json").read_text())
     params = read_yaml((REPO / "params.yaml").read_text())
     assert set(schema["properties"]) == set(SCHEMA) | {"models"} | set(models.names())

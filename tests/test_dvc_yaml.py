@@ -1,8 +1,9 @@
 """dvc.yaml is checked, never trusted: each stage's deps are exactly the code it runs (its script and
 every cnnlab module that script imports, transitively, lazy imports inside functions included; a
-code folder such as src/cnnlab/core stands for every module in it, so it may only be listed where
-each of them would be; a per-model stage's one list holds what any model needs) plus
-the data it reads; its outs are exactly what cnnlab.core.paths says it writes; its params are exactly
+code folder such as src/cnnlab/config stands for every module in it, so it may only be listed where
+each of them would be; a per-model stage's one list holds what any model needs; a stage that picks
+its loss by name holds every loss) plus
+the data it reads; its outs are exactly what cnnlab.config.paths says it writes; its params are exactly
 what the stage loads (a stage sees only its declared params, see test_params.py)."""
 
 import ast
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from cnnlab import models, report
-from cnnlab.core import paths
+from cnnlab.config import paths
 from conftest import REPO
 
 SRC = REPO / "src"
@@ -49,7 +50,7 @@ def imports_of(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-            # `from cnnlab.core import params` imports the module cnnlab.core.params
+            # `from cnnlab.config import params` imports the module cnnlab.config.params
             found |= {f"{node.module}.{alias.name}" for alias in node.names
                       if module_file(f"{node.module}.{alias.name}") is not None}
     return found
@@ -74,7 +75,7 @@ def code_deps(script: Path) -> set[str]:
 
 
 def declared_deps(stage: dict, model: str) -> set[str]:
-    """The stage's deps for `model`, a code folder (src/cnnlab/core) standing for every module in it."""
+    """The stage's deps for `model`, a code folder (src/cnnlab/config) standing for every module in it."""
     deps = set()
     for dep in (d.replace("${item.model}", model) for d in stage["deps"]):
         folder = REPO / dep
@@ -97,6 +98,9 @@ def stage_code(stage: dict, model: str) -> set[str]:
     code = code_deps(script_of(stage))
     if model:
         code |= code_deps(SRC / "cnnlab" / "models" / f"{model}.py")
+    if any("losses.function(" in (REPO / path).read_text() for path in code):  # train.loss names one of them
+        for loss in (SRC / "cnnlab" / "losses").glob("*.py"):
+            code |= code_deps(loss)
     return code
 
 
@@ -166,9 +170,9 @@ def test_python_caches_and_editor_files_in_code_folders_are_not_hashed():
     import subprocess
     folders = {d for stage in STAGES.values() for d in stage["deps"]
                if d.startswith("src/") and (REPO / d).is_dir()}
-    assert folders >= {"src/cnnlab/core", "src/cnnlab/engine", "src/cnnlab/datasets"}
+    assert folders >= {"src/cnnlab/config", "src/cnnlab/plumbing", "src/cnnlab/engine", "src/cnnlab/datasets"}
     ignored = [f"{folder}/{name}" for folder in sorted(folders)
                for name in ("__pycache__/x.cpython-311.pyc", "params.py~", ".params.py.swp", ".#params.py")]
-    result = subprocess.run(["dvc", "check-ignore", *ignored, "src/cnnlab/core/params.py"], cwd=REPO,
+    result = subprocess.run(["dvc", "check-ignore", *ignored, "src/cnnlab/config/params.py"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.stdout.split() == ignored, result.stdout + result.stderr  # the source itself is hashed

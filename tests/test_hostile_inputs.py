@@ -355,7 +355,7 @@ def test_an_image_size_too_small_for_the_model_stops_before_training(tmp_path):
 
     from cnnlab import CnnlabError
     from cnnlab.prepare import prepare, save_prepared
-    from cnnlab.train import train_model
+    from cnnlab.train.main import train_model
     from conftest import base_params
     images = torch.randint(0, 255, (40, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(40) % 2

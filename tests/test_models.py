@@ -56,7 +56,7 @@ def test_pooling_before_the_relu_computes_the_textbook_network(name):
     # The conv blocks run conv -> pool -> ReLU for speed; relu and max commute, so the network must
     # equal the textbook conv -> ReLU -> pool one with the same weights, forward and backward.
     from torch import nn
-    from cnnlab.engine.layers import textbook_order
+    from cnnlab.models.blocks import textbook_order
     model = build(name, 1, 10, 28)
     reference = textbook_order(model).eval()
     kinds = [type(layer) for layer in reference]
@@ -106,7 +106,7 @@ def test_model_options_are_checked_as_their_signatures_declare():
                                     ("mlp", {"hidden": 10**9}, "mlp.hidden must be an integer >= 1 and <= 65536"),
                                     ("cnn", {"dropout": 1.0}, "cnn.dropout must be a finite number >= 0 and < 1"),
                                     ("resnet18", {"stem": "vgg"}, "resnet18.stem must be one of cifar, imagenet")):
-        from cnnlab.core.params import validate
+        from cnnlab.config.params import validate
         with pytest.raises(CnnlabError, match=message):
             validate({**raw, section: value})
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.core.stage import outputs as staged_outputs
+from cnnlab.plumbing.stage import outputs as staged_outputs
 
 
 def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):
@@ -44,7 +44,7 @@ def test_a_write_failure_is_one_line_naming_the_output_and_the_fix(tmp_path, mon
     import errno
     import json as json_module
 
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "old.json").write_text("{}")
@@ -71,7 +71,7 @@ def test_a_write_failure_is_one_line_naming_the_output_and_the_fix(tmp_path, mon
 def test_a_checkpoint_cut_short_by_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     import torch
 
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
     monkeypatch.chdir(tmp_path)
 
     def main():
@@ -95,7 +95,7 @@ def test_a_stage_script_ends_when_its_outputs_are_in_place(tmp_path):
     script = tmp_path / "stage_script.py"
     script.write_text(
         "import atexit, pathlib\n"
-        "from cnnlab.core import stage\n"
+        "from cnnlab.plumbing import stage\n"
         "atexit.register(lambda: pathlib.Path('teardown').write_text('ran'))\n"
         "def main():\n"
         "    with stage.outputs() as out:\n"
@@ -117,7 +117,7 @@ def test_a_stage_script_ends_when_its_outputs_are_in_place(tmp_path):
 
 def test_run_called_in_process_returns(tmp_path, monkeypatch):
     """`stage.run` with a main that is not the running script's (a test, a notebook) returns."""
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
     monkeypatch.chdir(tmp_path)
 
     def main():
@@ -131,7 +131,7 @@ def test_run_called_in_process_returns(tmp_path, monkeypatch):
 def test_a_stage_whose_parent_is_init_from_the_start_runs(monkeypatch):
     """Under a container's init (PID 1 as the parent all along) a stage runs; a stage whose parent
     died before it asked to follow it (handed over to init since it started) stops as interrupted."""
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
     monkeypatch.setattr(stage.os, "getppid", lambda: 1)
     monkeypatch.setattr(stage, "PARENT_AT_START", 1)
     stage._end_with_parent()  # runs on
@@ -152,7 +152,7 @@ def _draw_noise(target, data=NOISE, dpi=40, draw=None) -> bool:
 def test_a_figure_of_unchanged_data_is_kept_as_it_is_without_drawing(tmp_path):
     import functools
     from PIL import Image
-    from cnnlab.core.outputs import DRAWN_FROM, drawn_from, figure_digest
+    from cnnlab.plumbing.outputs import DRAWN_FROM, drawn_from, figure_digest
     from cnnlab.figures import noise_figure
     target = tmp_path / "report" / "noise.png"
     assert _draw_noise(target)
@@ -189,7 +189,7 @@ def test_a_figure_is_redrawn_over_a_foreign_corrupt_or_missing_file(tmp_path):
 def test_a_figure_digest_follows_the_drawing_code(tmp_path, monkeypatch):
     import sys
     from cnnlab import figures
-    from cnnlab.core.outputs import figure_digest
+    from cnnlab.plumbing.outputs import figure_digest
     before = figure_digest(figures.noise_figure, NOISE, 40)
     assert figure_digest(figures.curves_figure, NOISE, 40) != before
     edited = tmp_path / "figures.py"
@@ -206,7 +206,7 @@ def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
     assert _draw_noise(target)
     code = textwrap.dedent(f"""
         import json, sys
-        from cnnlab.core.stage import outputs
+        from cnnlab.plumbing.stage import outputs
         from cnnlab.figures import noise_figure
         with outputs() as out:
             drew = out.figure_of({str(target)!r}, noise_figure, json.loads({json.dumps(NOISE)!r}), dpi=40)

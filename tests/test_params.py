@@ -4,7 +4,7 @@ import re
 import pytest
 
 from cnnlab import CnnlabError
-from cnnlab.core.params import load, model_kwargs, read_yaml, train_config, validate
+from cnnlab.config.params import load, model_kwargs, read_yaml, train_config, validate
 from conftest import REPO
 
 
@@ -102,7 +102,7 @@ def test_duplicate_keys_are_refused_as_dvc_refuses_them(tmp_path):
 
 
 def test_a_stage_sees_only_the_params_dvc_yaml_declares_for_it():
-    from cnnlab.core.params import for_stage
+    from cnnlab.config.params import for_stage
     train = for_stage("train", "lenet", REPO / "params.yaml")
     assert set(train) == {"data", "train", "lenet"} and set(train["data"]) == {"max_device_bytes"}
     assert train["train"]["epochs"] >= 1
@@ -119,7 +119,7 @@ def test_params_load_without_torch_or_any_model_module():
     (seconds) nor any model's module (its dvc.yaml deps would then name every model's file)."""
     import subprocess
     import sys
-    code = ("import sys, cnnlab.core.params; cnnlab.core.params.for_stage('report'); cnnlab.core.params.for_stage('download');"
+    code = ("import sys, cnnlab.config.params; cnnlab.config.params.for_stage('report'); cnnlab.config.params.for_stage('download');"
             "print(sorted(m for m in sys.modules if m in ('torch', 'torchvision', 'sklearn', 'matplotlib') "
             "or m.startswith('cnnlab.models.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -129,7 +129,7 @@ def test_params_load_without_torch_or_any_model_module():
 def test_a_model_stage_imports_only_its_own_model_and_checks_its_options(tmp_path):
     import subprocess
     import sys
-    code = ("import sys, cnnlab.core.params; cnnlab.core.params.for_stage('train', 'lenet');"
+    code = ("import sys, cnnlab.config.params; cnnlab.config.params.for_stage('train', 'lenet');"
             "print(sorted(m for m in sys.modules if m.startswith('cnnlab.models.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['cnnlab.models.lenet']"
@@ -148,7 +148,7 @@ def test_the_dataset_is_checked_against_the_catalogue_by_the_stages_that_read_it
     """params.py does not import the dataset catalogue (every stage would then depend on it, and
     adding a dataset would retrain every model); download and prepare check the name."""
     from cnnlab.datasets import DATASETS
-    from cnnlab.core.params import require_choice
+    from cnnlab.config.params import require_choice
     with pytest.raises(CnnlabError, match="data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, "
                                           "cifar100, svhn, folder; got 'imagenet'"):
         require_choice("data.dataset", "imagenet", DATASETS)
@@ -158,7 +158,7 @@ def test_the_dataset_is_checked_against_the_catalogue_by_the_stages_that_read_it
 def test_the_recipe_line_says_where_each_value_comes_from():
     """The design card's `-S train.epochs=1` does nothing for a model whose own section sets epochs:
     the train stage's first line says so."""
-    from cnnlab.core.params import describe_recipe
+    from cnnlab.config.params import describe_recipe
     params = load(REPO / "params.yaml")
     params["train"]["epochs"] = 1
     line = describe_recipe(params, "resnet18")

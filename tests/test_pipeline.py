@@ -127,7 +127,7 @@ def test_a_report_option_reruns_only_the_report(project):
     figures = {name: (root / "report" / name).read_bytes() for name in ("curves.png", "noise.png")}
     assert set(ran(dvc(project, "repro"))) <= {"report"}
     assert (root / "report/README.md").read_text().startswith("# Changed title")
-    # the figures do not show the title: kept as they were, not redrawn (cnnlab.core.outputs.figure_of)
+    # the figures do not show the title: kept as they were, not redrawn (cnnlab.plumbing.outputs.figure_of)
     assert {name: (root / "report" / name).read_bytes() for name in figures} == figures
     subprocess.run(["git", "checkout", "params.yaml"], cwd=root, check=True)
     dvc(project, "repro")

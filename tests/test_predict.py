@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     from cnnlab.models import build
     from cnnlab.prepare import channel_stats
     from cnnlab.runtime import seed_everything
-    from cnnlab.train import fit
+    from cnnlab.train.loop import fit
     from test_train import CFG, splits
     tmp = tmp_path_factory.mktemp("predict")
     train, val = splits(n_train=600)

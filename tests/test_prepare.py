@@ -95,7 +95,7 @@ def test_prepare_normalises_on_the_training_split_only():
 
 
 def test_prepare_refuses_both_subset_kinds_via_params(tmp_path):
-    from cnnlab.core.params import validate
+    from cnnlab.config.params import validate
     from conftest import base_params
     raw = base_params()
     raw["prepare"] = {**raw["prepare"], "train_size": 100, "samples_per_class": 10}

@@ -77,7 +77,7 @@ def test_train_with_imagenet_weights_and_a_frozen_backbone(tmp_path, monkeypatch
     """Only the head learns; the checkpoint carries ImageNet's normalisation for the later stages."""
     from conftest import base_params, colour_digits, train_outputs
     from cnnlab.prepare import prepare, save_prepared
-    from cnnlab.train import train_model
+    from cnnlab.train.main import train_model
     weights = pretrained_weights("resnet18", "imagenet")
     state = cached(tmp_path, monkeypatch, torchvision.models.resnet18, weights)
     images, labels = colour_digits(120, seed=0)

@@ -7,16 +7,19 @@ from torch import nn
 from cnnlab.engine.batches import DeviceSplit
 from cnnlab.engine.checkpoints import count_parameters
 from cnnlab.models import build, names
-from cnnlab.core.params import model_kwargs
+from cnnlab.config.params import model_kwargs
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
-from cnnlab.train import EarlyStopping, evaluate_split, fit, train_model
+from cnnlab.losses.cross_entropy import loss as cross_entropy
+from cnnlab.train.loop import evaluate, fit
+from cnnlab.train.main import train_model
+from cnnlab.train.optim import EarlyStopping
 from conftest import synthetic_digits, train_outputs
 
 CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "betas": [0.9, 0.999],
        "momentum": 0.9,
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
-       "eval_batch_size": 100, "progress": False, "precision": "fp32", "label_smoothing": 0.0,
+       "eval_batch_size": 100, "progress": False, "precision": "fp32", "loss": "cross_entropy", "label_smoothing": 0.0,
        "augment": {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0},
        "compile": False, "seed": 0, "flip_tta": False}
 
@@ -67,10 +70,10 @@ def test_fit_learns_and_records_history(optimizer, scheduler):
     model = build("lenet", 1, 10, 28)
     lr = 0.05 if optimizer == "sgd" else 3e-3
     result = fit(model, train, val, {**CFG, "optimizer": optimizer, "scheduler": scheduler, "lr": lr}, generator)
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.val_accuracy > 0.5  # chance is 0.1
-    assert evaluate_split(model, val, 100)[1] == pytest.approx(result.val_accuracy)
-    assert result.images_per_second > 0
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert result["val_accuracy"] > 0.5  # chance is 0.1
+    assert evaluate(model, cross_entropy, val, CFG)[1] == pytest.approx(result["val_accuracy"])
+    assert result["images_per_second"] > 0
 
 
 def test_same_seed_same_result():
@@ -79,7 +82,7 @@ def test_same_seed_same_result():
     for _ in range(2):
         generator = seed_everything(7)
         model = build("cnn", 1, 10, 28)
-        runs.append(fit(model, train, val, CFG, generator).history)
+        runs.append(fit(model, train, val, CFG, generator)["history"])
     strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in run] for run in runs]
     assert strip[0] == strip[1]
 
@@ -89,13 +92,13 @@ def test_best_weights_are_restored_after_fit():
     generator = seed_everything(0)
     model = build("mlp", 1, 10, 28)
     result = fit(model, train, val, {**CFG, "epochs": 4, "lr": 0.05}, generator)  # noisy: val loss jumps
-    loss, _ = evaluate_split(model, val, 100)
-    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+    loss, _ = evaluate(model, cross_entropy, val, CFG)
+    assert loss == pytest.approx(result["best_val_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("name,auto", [("mlp", False), ("cnn", True), ("lenet", True)])
 def test_channels_last_is_chosen_for_conv_nets_and_can_be_forced(name, auto):
-    from cnnlab.train import uses_channels_last
+    from cnnlab.engine.inference import uses_channels_last
     model = build(name, 1, 10, 28)
     assert uses_channels_last(model, "auto") is auto
     assert uses_channels_last(model, "channels_last") is True
@@ -146,7 +149,7 @@ def test_mixed_precision_trains_like_fp32(precision):
         model = build("lenet", 1, 10, 28)
         result = fit(model, train, val, {**CFG, "precision": mode}, torch.Generator().manual_seed(0))
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
-        accuracies[mode] = result.val_accuracy
+        accuracies[mode] = result["val_accuracy"]
     assert accuracies[precision] > 0.8
     assert abs(accuracies[precision] - accuracies["fp32"]) < 0.1
 
@@ -190,11 +193,11 @@ def test_every_model_trains_saves_and_reloads_through_train_model(tmp_path, name
 def test_per_step_history_matches_the_epoch_means():
     train, val = splits()
     result = fit(build("mlp", 1, 10, 28), train, val, {**CFG, "epochs": 2}, torch.Generator().manual_seed(0))
-    assert len(result.steps) == 2 * train.num_batches(CFG["batch_size"])
-    first = [s for s in result.steps if s["epoch"] == 1]
+    assert len(result["steps"]) == 2 * train.num_batches(CFG["batch_size"])
+    first = [s for s in result["steps"] if s["epoch"] == 1]
     sizes = [32] * (len(first) - 1) + [len(train) - 32 * (len(first) - 1)]
     mean_loss = sum(s["loss"] * n for s, n in zip(first, sizes)) / len(train)
-    assert mean_loss == pytest.approx(result.history[0]["train_loss"], rel=1e-5)
+    assert mean_loss == pytest.approx(result["history"][0]["train_loss"], rel=1e-5)
 
 
 def test_label_smoothing_and_augmentation_change_training_but_still_learn():
@@ -205,9 +208,9 @@ def test_label_smoothing_and_augmentation_change_training_but_still_learn():
         seed_everything(0)
         result = fit(build("lenet", 1, 10, 28), train, val, {**CFG, **extra}, torch.Generator().manual_seed(0))
         results[label] = result
-    assert results["smooth"].history[0]["train_loss"] != results["plain"].history[0]["train_loss"]
-    assert results["augmented"].history[0]["train_loss"] != results["plain"].history[0]["train_loss"]
-    assert all(r.val_accuracy > 0.8 for r in results.values())
+    assert results["smooth"]["history"][0]["train_loss"] != results["plain"]["history"][0]["train_loss"]
+    assert results["augmented"]["history"][0]["train_loss"] != results["plain"]["history"][0]["train_loss"]
+    assert all(r["val_accuracy"] > 0.8 for r in results.values())
 
 
 def test_starting_weights_come_from_the_model_section(tmp_path):

@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnlab import models, report  # noqa: E402
-from cnnlab.core import checks, paths  # noqa: E402
+from cnnlab import checks  # noqa: E402
+from cnnlab.config import paths  # noqa: E402
 from cnnlab.datasets import DATASETS  # noqa: E402
-from cnnlab.core.params import SCHEMA, read_yaml  # noqa: E402
+from cnnlab.config.params import SCHEMA, read_yaml  # noqa: E402
 
 MARKER = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 SCHEMA_FILE = ROOT / "params.schema.json"

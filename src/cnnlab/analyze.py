@@ -26,12 +26,12 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from torch import nn
 
-from cnnlab import figures, models
+from cnnlab import explain, figures, models
 from cnnlab.augment import salt_and_pepper
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.engine.inference import autocast_dtype, embeddings, layout, score
-from cnnlab.core.outputs import Result
+from cnnlab.results import Result
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.runtime import pick_device
 
@@ -64,75 +64,6 @@ def capture_activations(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn
             handle.remove()
         model.train(was_training)
     return records
-
-
-def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Grad-CAM maps on the submodule `layer` (upsampled to the input, each scaled to 0..1), the
-    class each map explains (the predicted one unless `target` is given) and the layer's label.
-
-    The layer is the one the model's spec declares: the output of its last spatial block, after its
-    ReLU and pooling, as pytorch-grad-cam picks for torchvision models (ResNet's layer4, AlexNet's
-    features). cnnlab's blocks pool before the ReLU, so the raw Conv2d output would still hold the
-    negative evidence the ReLU removes.
-    """
-    module = model.get_submodule(layer)
-    captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda mod, inputs, output: captured.append(output))
-    try:
-        model.eval()
-        with torch.enable_grad():
-            logits = model(x.detach().requires_grad_(True))
-            act = captured[-1]
-            if act.dim() != 4:
-                raise ValueError(f"Grad-CAM needs a spatial output; layer {layer} gives {tuple(act.shape)}")
-            act.retain_grad()
-            target = logits.argmax(1) if target is None else target
-            logits.gather(1, target.view(-1, 1)).sum().backward()
-    finally:
-        handle.remove()
-        model.zero_grad(set_to_none=True)
-    grad, act = act.grad.detach(), act.detach()
-    weights = grad.mean(dim=(2, 3), keepdim=True)            # importance of each channel for the class
-    cam = F.relu((weights * act).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-    return cam / peak, target, f"{layer} ({type(module).__name__})"
-
-
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Guided backpropagation [N, H, W]: the gradient of each target logit with respect to the input,
-    with only positive gradients let through every ReLU module (Springenberg et al.). Fine-grained but
-    not class-discriminative on its own; multiplied by Grad-CAM it gives Guided Grad-CAM."""
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    inplace = [m.inplace for m in relus]
-    handles = []
-    try:
-        for relu in relus:
-            relu.inplace = False  # backward hooks refuse modules that overwrite their input
-            handles.append(relu.register_full_backward_hook(lambda mod, grad_in, grad_out: (grad_in[0].clamp(min=0),)))
-        model.eval()
-        with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
-            model(x).gather(1, target.view(-1, 1)).sum().backward()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for relu, flag in zip(relus, inplace):
-            relu.inplace = flag
-        model.zero_grad(set_to_none=True)
-    return x.grad.detach().clamp(min=0).amax(1)
-
-
-def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """(Grad-CAM, Guided Grad-CAM, the class explained, layer): the Grad-CAM paper's two maps, for the
-    predicted class unless `target` is given. Grad-CAM on the last block is class-discriminative but
-    as coarse as that block (5x5 for LeNet); Guided Grad-CAM multiplies it by guided backpropagation
-    to reach the input's resolution. Each map is scaled to a peak of 1."""
-    cam, target, label = grad_cam(model, layer, x, target)
-    guided = guided_backprop(model, x, target) * cam
-    return cam, guided / guided.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1), target, label
 
 
 def mass_on(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -287,7 +218,7 @@ def gradcam_maps(s: Subject, found: Findings) -> None:
     if s.spec.attribution_layer is None:
         return
     raw = s.sample_images
-    cam, guided, predicted, layer = guided_grad_cam(s.model, s.spec.attribution_layer, s.test.normalise(raw))
+    cam, guided, predicted, layer = explain.guided_grad_cam(s.model, s.spec.attribution_layer, s.test.normalise(raw))
     grey = raw.float().mean(1)
     on_object = (grey > grey.flatten(1).mean(1).view(-1, 1, 1)).float()
     found.metrics.update(gradcam_layer=layer, gradcam_object_area=float(on_object.mean()),
@@ -323,7 +254,6 @@ def explanations(s: Subject, found: Findings) -> None:
     """Every attribution method that applies to the model, on a seeded test subset, scored by
     deletion and insertion AUC against a random map and by the model-randomisation check
     (cnnlab.explain); the maps of the sample images side by side."""
-    from cnnlab import explain
     seed = s.options["seed"]
     subset = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed + 1))[:s.options["explain_samples"]]
     x = s.test.normalise(s.test.images.index_select(0, subset.sort().values.to(s.test.images.device)))

@@ -82,3 +82,18 @@ def augment(images: torch.Tensor, options: dict, generator: torch.Generator) -> 
     if options["noise"]:
         images = salt_and_pepper(images, options["noise"], generator)
     return images
+
+
+def generator(cfg: dict, device: torch.device, rank: int = 0) -> torch.Generator | None:
+    """The augmentation's own random generator, on the training device (drawing on the CPU and copying
+    would wait for the GPU every batch), seeded from `train.seed` and the rank; None when all is off."""
+    if not is_on(cfg["augment"]):
+        return None
+    return torch.Generator(device=device).manual_seed(cfg["seed"] + 1 + rank)
+
+
+def for_training(cfg: dict, generator: torch.Generator | None):
+    """The batch augmentation of `train.augment`, or None when all is off."""
+    if generator is None:
+        return None
+    return lambda images: augment(images, cfg["augment"], generator)

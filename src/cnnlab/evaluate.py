@@ -10,7 +10,7 @@ from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
 from cnnlab.engine.inference import autocast_dtype, layout, score
-from cnnlab.core.outputs import Result
+from cnnlab.results import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
 

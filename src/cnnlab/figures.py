@@ -3,7 +3,7 @@
 Analysis, evaluation and the report compute; this module only draws, so a figure's look is changed in
 one place and no stage needs a display. Neither torch, seaborn nor matplotlib is imported at the top:
 the report stage draws with matplotlib alone and should not pay for the others, and a stage that
-keeps a figure whose data is unchanged (cnnlab.core.outputs.StagedOutputs.figure_of) pays for none.
+keeps a figure whose data is unchanged (cnnlab.plumbing.outputs.StagedOutputs.figure_of) pays for none.
 """
 
 from __future__ import annotations

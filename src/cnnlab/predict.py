@@ -73,7 +73,7 @@ def export(checkpoint: str | Path, target: str | Path, tolerance: float = 1e-5) 
     generator = torch.Generator().manual_seed(0)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (torch.randn(2, *shape, generator=generator),), dynamic_shapes=({0: batch},))
-    from cnnlab.core.outputs import write_atomically
+    from cnnlab.plumbing.outputs import write_atomically
     target = Path(target)
     import warnings
     with warnings.catch_warnings():  # torch.export's own note about CPU weights, on every save: not ours to act on
@@ -108,5 +108,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cnnlab.core import stage
+    from cnnlab.plumbing import stage
     stage.run(main, sweep=False)

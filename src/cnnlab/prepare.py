@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import CnnlabError, timed
+from cnnlab import CnnlabError
+from cnnlab.plumbing.timing import timed
 
 
 def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str, names=None):

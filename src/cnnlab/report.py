@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlab import CnnlabError
-from cnnlab.core import paths
+from cnnlab.config import paths
 
 # What the report reads, by stage and output role (paths.OUTPUTS): dvc.yaml's deps of the report stage
 # are the folders holding these (tests/test_dvc_yaml.py checks it).
@@ -73,7 +73,7 @@ CURVES = ["epoch", "train_loss", "val_loss", "val_accuracy", "train_accuracy"]
 
 
 def figure_data(histories: dict, analysis: dict) -> dict[str, dict]:
-    """The data of the report's own figures, as JSON (cnnlab.core.outputs.StagedOutputs.figure_of):
+    """The data of the report's own figures, as JSON (cnnlab.plumbing.outputs.StagedOutputs.figure_of):
     the keyword arguments of curves_figure and noise_figure."""
     return {
         "curves": {"histories": {name: history[CURVES].to_dict("list") for name, history in histories.items()}},

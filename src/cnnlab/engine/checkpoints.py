@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import CnnlabError, timed
+from cnnlab import CnnlabError
+from cnnlab.plumbing.timing import timed
 from cnnlab import models
 
 

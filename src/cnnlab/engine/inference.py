@@ -76,29 +76,19 @@ class Scores:
 
 
 def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-          keep: bool = True, shard: tuple[int, int] = (0, 1), flip: bool = False) -> Scores:
-    """Loss and accuracy over a split; with `keep`, also every prediction and its probabilities.
-
-    `shard=(rank, ranks)` with ranks > 1 (data-parallel validation under torchrun): each rank scores
-    its contiguous part and the sums are added across ranks, so every rank gets the whole split's
-    loss and accuracy (the kept predictions, if any, are this rank's part only). `flip`: as `run`."""
-    rank, ranks = shard
-    index = None if ranks == 1 else torch.arange(len(data)).tensor_split(ranks)[rank]
-    device = data.labels.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+          keep: bool = True, flip: bool = False) -> Scores:
+    """Cross-entropy and accuracy over a split (the test set, an analysis's images); with `keep`, also
+    every prediction and its probabilities. `flip`: as `run`. Training validates with its own loss
+    (cnnlab.train.loop.evaluate)."""
+    loss_sum = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), device=data.labels.device, dtype=torch.long)
     predicted, probabilities = [], []
-    for logits, y in run(model, data, batch_size, dtype, index=index, flip=flip):
+    for logits, y in run(model, data, batch_size, dtype, flip=flip):
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         if keep:
             predicted.append(logits.argmax(1))
             probabilities.append(F.softmax(logits, 1))
-    if ranks > 1:
-        import torch.distributed as dist
-        totals = torch.stack([loss_sum.double(), correct.double()])  # float64 holds both exactly
-        dist.all_reduce(totals)
-        loss_sum, correct = totals
     empty = torch.empty(0)
     return Scores(loss_sum.item() / len(data), correct.item() / len(data),
                   torch.cat(predicted).cpu() if keep else empty, torch.cat(probabilities).cpu() if keep else empty)

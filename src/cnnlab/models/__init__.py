@@ -7,7 +7,7 @@ model's structure.
 A model's module is imported only when that model is built: every stage validates params.yaml,
 and the names of the models are this folder's file names, so adding or editing a model reruns
 only that model's stages (dvc.yaml's train/evaluate/analyze deps name `models/${item.model}.py`).
-Building blocks shared by several models live in cnnlab/engine/layers.py.
+Building blocks shared by several models live in blocks.py, which is not a model.
 
 To add a model: a file `<name>.py` here with a constructor and its `spec` (see lenet.py), and a
 `<name>:` section in params.yaml (docs/extending.md walks through it).
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+NOT_MODELS = ("blocks",)  # shared layers beside the models
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -36,7 +37,7 @@ class ModelSpec:
     """What a model declares beside its constructor.
 
     build: (in_channels, num_classes, image_size, *, options) -> nn.Module; its keyword-only
-        options are annotated `Annotated[type, checker]` (checks.py) and settable in params.yaml.
+        options are annotated `Annotated[type, checker]` (cnnlab/checks.py) and settable in params.yaml.
     head: the submodule name of the classifier's last layer: `train.freeze` trains only it, and its
         input is the embedding that t-SNE and the silhouette scores read.
     attribution_layer: the submodule whose output Grad-CAM weighs (the last spatial block); None for
@@ -60,7 +61,7 @@ class ModelSpec:
 def names() -> tuple[str, ...]:
     """Every model of the zoo: the modules of this folder (listed, not imported)."""
     return tuple(sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                        if not m.name.startswith("_")))
+                        if not m.name.startswith("_") and m.name not in NOT_MODELS))
 
 
 def spec(name: str) -> ModelSpec:

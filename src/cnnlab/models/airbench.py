@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.core.checks import integer
+from cnnlab.checks import integer
 from cnnlab.models import ModelSpec
 
 

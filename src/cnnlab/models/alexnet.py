@@ -5,8 +5,8 @@ from typing import Annotated
 import torchvision
 from torch import nn
 
-from cnnlab.core.checks import integer
-from cnnlab.engine.layers import Dropout, resize_input
+from cnnlab.checks import integer
+from cnnlab.models.blocks import Dropout, resize_input
 from cnnlab.models import ModelSpec
 
 

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from cnnlab.engine.layers import Dropout
+from cnnlab.models.blocks import Dropout
 from cnnlab.models import ModelSpec
 
 
@@ -10,7 +10,7 @@ def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: Dropout
     """Two 3x3 conv blocks (16, 32 channels) with max-pooling, then a 128-unit hidden layer.
 
     Each block pools before its ReLU (the same values, a quarter of the ReLU's work: see
-    cnnlab.engine.layers.textbook_order), so Grad-CAM reads the ReLU that ends the last block."""
+    cnnlab.models.blocks.textbook_order), so Grad-CAM reads the ReLU that ends the last block."""
     pooled = image_size // 4
     return nn.Sequential(
         nn.Conv2d(in_channels, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),

@@ -4,8 +4,8 @@ from typing import Annotated
 
 from torch import nn
 
-from cnnlab.core.checks import integer
-from cnnlab.engine.layers import Dropout
+from cnnlab.checks import integer
+from cnnlab.models.blocks import Dropout
 from cnnlab.models import ModelSpec
 
 

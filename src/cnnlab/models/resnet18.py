@@ -5,7 +5,7 @@ from typing import Annotated
 import torchvision
 from torch import nn
 
-from cnnlab.core.checks import choice
+from cnnlab.checks import choice
 from cnnlab.models import ModelSpec
 
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from cnnlab.core.checks import integer
+from cnnlab.checks import integer
 from cnnlab.models import ModelSpec
 
 

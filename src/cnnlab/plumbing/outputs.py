@@ -9,11 +9,8 @@ record their file name (torch.save names the zip's root folder after it) then wr
 as a direct save would, so the same training gives a byte-identical checkpoint.
 
 Under torchrun, rank 0 cannot know that the other ranks will also end well, so it does not rename:
-it hands its staged outputs over to the stage process that launched torchrun (cnnlab.core.stage decides
+it hands its staged outputs over to the stage process that launched torchrun (cnnlab.plumbing.stage decides
 which), which renames them only once every rank has exited cleanly, and removes them otherwise.
-
-A stage's core returns a `Result` (its JSON, tables, figures and other files, by output role);
-`write_result` stages each where cnnlab.core.paths puts that role.
 """
 
 from __future__ import annotations
@@ -22,11 +19,8 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-from cnnlab.core import paths
 
 TEMPORARY_PREFIX = ".cnnlab-tmp-"
 HANDED_OVER = "staged.json"    # in the launcher's folder: rank 0's staged outputs, for it to commit
@@ -216,53 +210,6 @@ def remove_temporaries(owner: int, folders=OUTPUT_FOLDERS) -> None:
     """Remove what was staged for `owner` (a launcher whose ranks failed): handed over or half-written."""
     for holder in _holders(folders, str(owner)):
         shutil.rmtree(holder, ignore_errors=True)
-
-
-@dataclass
-class Result:
-    """What a stage produced, by output role (the keys of cnnlab.core.paths.OUTPUTS[stage]).
-
-    json: role -> a mapping written as JSON (NaN refused).
-    tables: role -> rows (one CSV), or, for a folder role, name -> rows (one CSV each).
-    figures: role -> a matplotlib figure, or, for a folder role, relative path -> figure.
-    files: role -> a function that writes the file at the path it is given (a checkpoint).
-    """
-    json: dict[str, dict] = field(default_factory=dict)
-    tables: dict[str, list[dict] | dict[str, list[dict]]] = field(default_factory=dict)
-    figures: dict = field(default_factory=dict)
-    files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
-
-
-def write_result(out: StagedOutputs, stage: str, result: Result, model: str = "", dpi: int = 110) -> None:
-    """Stage every output of `result` where cnnlab.core.paths puts its role; a folder role is replaced whole."""
-    target = vars(paths.outputs(stage, model))
-    unknown = {*result.json, *result.tables, *result.figures, *result.files} - set(target)
-    if unknown:
-        raise KeyError(f"{stage}: no output role {sorted(unknown)} in cnnlab.core.paths.OUTPUTS")
-    folders: dict[str, Path] = {}
-
-    def folder(role: str) -> Path:
-        if role not in folders:
-            folders[role] = out.path(target[role])
-            folders[role].mkdir(parents=True, exist_ok=True)
-        return folders[role]
-
-    for role, data in result.json.items():
-        out.json(target[role], data)
-    for role, rows in result.tables.items():
-        if isinstance(rows, dict):
-            for name, table in rows.items():
-                write_csv(folder(role) / f"{name}.csv", table)
-        else:
-            out.csv(target[role], rows)
-    for role, figure in result.figures.items():
-        if isinstance(figure, dict):
-            for relative, fig in figure.items():
-                out.figure(folder(role) / relative, fig, dpi=dpi, staged=False)
-        else:
-            out.figure(target[role], figure, dpi=dpi)
-    for role, write in result.files.items():
-        write(out.path(target[role]))
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:

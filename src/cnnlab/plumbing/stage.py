@@ -2,14 +2,13 @@
 own work. `run` is its entry point: the command line, SIGTERM and the parent's death as an
 interruption, user errors as one line and exit code 1, the timing record benchmarks/pipeline.py
 reads, and, under torchrun, a failing rank's line for the launcher and rank 0's outputs handed over
-to it. What a stage writes is staged by cnnlab.core.outputs; `outputs()` says whether the staged files
-are committed here or handed over.
+to it. What a stage writes is staged by cnnlab.plumbing.outputs; `outputs()` says whether the staged
+files are committed here or handed over.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sys
@@ -18,28 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab import PARENT_AT_START, PHASE_SECONDS, CnnlabError, timed
-from cnnlab.core.outputs import StagedOutputs, sweep_temporaries
+from cnnlab import CnnlabError
+from cnnlab.plumbing import PARENT_AT_START, torchrun
+from cnnlab.plumbing.outputs import StagedOutputs, sweep_temporaries
+from cnnlab.plumbing.timing import record_timings, timed
 
-LAUNCHER = "CNNLAB_LAUNCHER"  # set by distributed.launch for its ranks: "<its pid>:<a folder it reads>"
-
-
-def launcher() -> tuple[int, Path] | None:
-    """When this process is a rank that distributed.launch started: the launching stage's pid and
-    the folder it reads (the ranks' one-line errors, rank 0's staged outputs)."""
-    value = os.environ.get(LAUNCHER)
-    if not value or "LOCAL_RANK" not in os.environ:
-        return None
-    pid, folder = value.split(":", 1)
-    return int(pid), Path(folder)
 
 
 @contextmanager
 def outputs() -> Iterator[StagedOutputs]:
     """Stage this process's outputs; put them in place if the block ends well, discard them if not.
-    A rank under distributed.launch hands them over instead: the launcher commits them once every
+    A rank under torchrun.launch hands them over instead: the launcher commits them once every
     rank has ended well."""
-    lead = launcher()
+    lead = torchrun.launcher()
     staged = StagedOutputs(lead[0] if lead else None)
     with timed("write"):
         try:
@@ -63,13 +53,6 @@ def outputs() -> Iterator[StagedOutputs]:
             staged.commit()
 
 
-def model_argument(stage: str) -> str:
-    """The model named on a per-model stage's command line (`python stages/train.py lenet`)."""
-    from cnnlab import models
-    if len(sys.argv) != 2 or sys.argv[1] not in models.names():
-        raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(models.names())}")
-    return sys.argv[1]
-
 
 FIXES = {
     errno.ENOSPC: "free some space (dvc gc -w removes cache entries no longer used) and rerun",
@@ -90,49 +73,6 @@ def file_problem(err: OSError) -> str:
     cause = err.strerror or type(err).__name__
     fix = FIXES.get(err.errno, "check the path, its permissions and the free space")
     return f"{where}: {cause}; {fix}"
-
-
-def _seconds_since_start() -> float | None:
-    """How long ago the kernel started this process (interpreter start-up and imports included)."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None  # not Linux: start-up is left out of the record
-
-
-def _record_timings(main_started: float) -> None:
-    """With CNNLAB_TIMINGS set (benchmarks/pipeline.py sets it), append one JSON line of where this
-    stage's time went: start-up (process start to main), load, fit, write, and the rest."""
-    target = os.environ.get("CNNLAB_TIMINGS")
-    if not target:
-        return
-    main_seconds = time.perf_counter() - main_started
-    since_start = _seconds_since_start()
-    record = {"stage": Path(sys.argv[0]).stem + (f"@{sys.argv[1]}" if len(sys.argv) > 1 else ""),
-              "startup": None if since_start is None else round(since_start - main_seconds, 3),
-              **{phase: round(seconds, 3) for phase, seconds in PHASE_SECONDS.items()},
-              "main": round(main_seconds, 3)}
-    with open(target, "a") as stream:
-        stream.write(json.dumps(record) + "\n")
-
-
-def _record_rank_failure(err: BaseException) -> None:
-    """A failing torchrun rank leaves its error as one line for the process that launched it
-    (distributed.launch), which shows the cause instead of every rank's traceback."""
-    lead = launcher()
-    if lead is None:
-        return
-    user_error = isinstance(err, CnnlabError)
-    text = str(err).strip().splitlines()
-    message = str(err) if user_error else f"{type(err).__name__}: {text[0] if text else ''}"
-    rank = int(os.environ.get("RANK", 0))
-    try:
-        Path(lead[1], f"rank-{rank}.json").write_text(json.dumps(
-            {"rank": rank, "time": time.time(), "user_error": user_error, "message": message}))
-    except OSError:
-        pass  # the launcher is on another node: torchrun's own report stands
 
 
 def _interrupted(signum, frame):
@@ -165,17 +105,17 @@ def run(main, sweep: bool = True) -> None:
         if sweep:
             sweep_temporaries()
         main()
-        _record_timings(started)
+        record_timings(started)
     except (CnnlabError, OSError) as err:  # OSError: a file that cannot be read or written
         message = str(err) if isinstance(err, CnnlabError) else file_problem(err)
-        _record_rank_failure(CnnlabError(message))
+        torchrun.record_rank_failure(CnnlabError(message))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
-        _record_rank_failure(err)
+        torchrun.record_rank_failure(err)
         raise
     if _is_the_script(main):
         _end_process()

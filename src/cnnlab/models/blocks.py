@@ -1,4 +1,4 @@
-"""Building blocks shared by several models of the zoo (cnnlab/models/)."""
+"""Building blocks shared by several models of the zoo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 from torch import nn
 
-from cnnlab.core.checks import number
+from cnnlab.checks import number
 
 Dropout = Annotated[float, number(0, 1, high_open=True)]
 

@@ -10,6 +10,7 @@ fails at once, so the `params:` lists in dvc.yaml cannot silently fall behind th
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,8 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from cnnlab import CnnlabError, models
-from cnnlab.core import checks
+from cnnlab import CnnlabError, checks, losses, models
 
 AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "crop_padding": checks.integer(0, 64),
@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "scheduler": checks.choice(*SCHEDULERS),
         "step_size": checks.integer(1),
         "gamma": checks.number(0, 1, low_open=True),
+        "loss": checks.choice(*losses.names()),
         "label_smoothing": checks.number(0, 1, high_open=True),
         "flip_tta": checks.boolean,
         "augment": _augment,
@@ -311,3 +312,10 @@ def describe_recipe(params: dict, model: str) -> str:
                                          if own[key] != shared[key] else "")
         parts.append(part)
     return f"{model}: " + "; ".join(parts)
+
+
+def model_argument(stage: str) -> str:
+    """The model named on a per-model stage's command line (`python stages/train.py lenet`)."""
+    if len(sys.argv) != 2 or sys.argv[1] not in models.names():
+        raise CnnlabError(f"usage: {stage}.py MODEL, MODEL one of {', '.join(models.names())}")
+    return sys.argv[1]

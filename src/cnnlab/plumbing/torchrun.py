@@ -1,12 +1,11 @@
-"""Data-parallel training over several processes, launched by PyTorch's own `torchrun`.
+"""Launching a stage's processes with PyTorch's own `torchrun`, for data-parallel training.
 
 With `train.nproc: N > 1` the train stage runs itself again under
 `torchrun --standalone --nproc_per_node=N` (or with the rendezvous in CNNLAB_TORCHRUN, for several
-nodes) and waits; each rank trains on its share of every global batch and DDP averages the gradients.
-cnnlab manages no processes of its own: torchrun starts them, watches them and stops all of them
-when one fails. What is added here is what a stage needs around that: who this process is, the
-process group (NCCL on CUDA, gloo on a CPU), and one readable line naming the rank that failed
-and why, instead of torchrun's pages of tracebacks from every process.
+nodes) and waits. torchrun starts the processes, watches them and stops all of them when one fails;
+what is added here is one readable line naming the rank that failed and why, instead of torchrun's
+pages of tracebacks, and rank 0's outputs put in place only when every rank ended well. What each
+process does while training is cnnlab.train.parallel's.
 """
 
 from __future__ import annotations
@@ -18,21 +17,41 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from cnnlab import CnnlabError
-from cnnlab.core.outputs import StagedOutputs, remove_temporaries
-from cnnlab.core.stage import LAUNCHER
+from cnnlab.plumbing.outputs import StagedOutputs, remove_temporaries
 
 LAUNCH_ENV = "CNNLAB_TORCHRUN"     # torchrun's arguments for several nodes, e.g. the rendezvous
+LAUNCHER = "CNNLAB_LAUNCHER"  # set by torchrun.launch for its ranks: "<its pid>:<a folder it reads>"
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", 0))
+def launcher() -> tuple[int, Path] | None:
+    """When this process is a rank that torchrun.launch started: the launching stage's pid and
+    the folder it reads (the ranks' one-line errors, rank 0's staged outputs)."""
+    value = os.environ.get(LAUNCHER)
+    if not value or "LOCAL_RANK" not in os.environ:
+        return None
+    pid, folder = value.split(":", 1)
+    return int(pid), Path(folder)
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
+def record_rank_failure(err: BaseException) -> None:
+    """A failing torchrun rank leaves its error as one line for the process that launched it
+    (torchrun.launch), which shows the cause instead of every rank's traceback."""
+    lead = launcher()
+    if lead is None:
+        return
+    user_error = isinstance(err, CnnlabError)
+    text = str(err).strip().splitlines()
+    message = str(err) if user_error else f"{type(err).__name__}: {text[0] if text else ''}"
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        Path(lead[1], f"rank-{rank}.json").write_text(json.dumps(
+            {"rank": rank, "time": time.time(), "user_error": user_error, "message": message}))
+    except OSError:
+        pass  # the launcher is on another node: torchrun's own report stands
 
 
 def under_torchrun() -> bool:
@@ -98,34 +117,3 @@ def _first_failure(folder: Path, report: str) -> str | None:
         first = min(records, key=lambda r: r["time"])
         return f"rank {first['rank']} failed: {first['message']}"
     return None
-
-
-def init(device_type: str):
-    """Join the process group torchrun set up; return this rank's device. NCCL between GPUs, gloo
-    between CPU processes."""
-    import datetime
-    import torch
-    import torch.distributed as dist
-    if device_type == "cuda":
-        local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if local >= gpus:  # NCCL takes one GPU per process: two ranks cannot share one
-            raise CnnlabError(f"params.yaml: train.nproc asks for more processes on this node than its "
-                              f"{gpus} GPU{'s' if gpus != 1 else ''}; set it to at most {gpus}")
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device(device_type)
-    if not dist.is_initialized():
-        # a peer that died is noticed by torchrun within seconds; the timeout only bounds a hang
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
-                                 timeout=datetime.timedelta(minutes=10))
-    return device
-
-
-def finish() -> None:
-    """Wait until every rank has finished training, then leave the process group (NCCL warns at
-    exit about a group left open)."""
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
