@@ -68,6 +68,12 @@ def device_name(device: "torch.device") -> str:
     if device.type == "cuda":
         import torch
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"{cpu_name()} GPU (mps)"  # Apple's chips name the GPU and the CPU together
+    return cpu_name()
+
+
+def cpu_name() -> str:
     try:  # platform.processor() is often empty on Linux; /proc/cpuinfo names the CPU
         with open("/proc/cpuinfo") as info:
             for line in info:
@@ -75,6 +81,13 @@ def device_name(device: "torch.device") -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    if platform.system() == "Darwin":  # platform.processor() says only "arm" or "i386"
+        import subprocess
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
     return platform.processor() or platform.machine()
 
 

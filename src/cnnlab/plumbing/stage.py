@@ -84,12 +84,13 @@ def _end_with_parent() -> None:
     exits at once without stopping the stage it runs, which would then finish and write outputs
     that no dvc.lock records. A parent that is init from the start (a container's, a scheduler's)
     is a parent like any other."""
-    try:
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: nothing to ask for
-        pass
+    if sys.platform.startswith("linux"):  # elsewhere there is no prctl (on Windows, no CDLL(None) either)
+        try:
+            import ctypes
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # a C library without prctl
+            pass
     if os.getppid() != PARENT_AT_START:  # it died before we asked: we were handed to init
         raise KeyboardInterrupt
 
@@ -98,11 +99,12 @@ def run(main, sweep: bool = True) -> None:
     """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
     user errors become one line on stderr and exit code 1. When `main` is the script Python runs
     (`_is_the_script`), the process ends as soon as it returns, its outputs in place."""
-    signal.signal(signal.SIGTERM, _interrupted)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _interrupted)
     started = time.perf_counter()
     try:
         _end_with_parent()
-        if sweep:
+        if sweep and sys.platform != "win32":  # it probes pids with os.kill(pid, 0): Ctrl-C on Windows
             sweep_temporaries()
         main()
         record_timings(started)
@@ -141,11 +143,8 @@ def _end_process() -> None:
             stream.flush()
         except (OSError, ValueError):  # a reader that went away (`| head`), a closed stream
             pass
-    try:
-        import ctypes
-        ctypes.CDLL(None).fflush(None)  # what C libraries printed into a buffer
-    except (OSError, AttributeError):
-        pass
+    if not _flush_c_streams():
+        return  # the interpreter's teardown flushes them
     if "matplotlib" in sys.modules:
         import shutil
         import tempfile
@@ -153,3 +152,16 @@ def _end_process() -> None:
         if settings.parent == Path(tempfile.gettempdir()) and settings.name.startswith("matplotlib-"):
             shutil.rmtree(settings, ignore_errors=True)
     os._exit(0)
+
+
+def _flush_c_streams() -> bool:
+    """Flush what C libraries printed into a buffer; False where ctypes cannot reach the C library
+    (Windows: CDLL(None) is a TypeError, and each DLL may have a C runtime of its own)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
