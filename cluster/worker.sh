@@ -4,7 +4,8 @@
 #   cluster/worker.sh GIT_URL [REV] -- -S lenet.lr=0.02 -S train.epochs=8
 #
 # It clones GIT_URL (at REV, default: the default branch) into its own folder, pulls the data and
-# the run-cache from the project's default DVC remote (so unchanged stages are restored, not rerun),
+# the run-cache from the project's default DVC remote (stages the overrides leave unchanged are up to
+# date; download and prepare are restored from the run-cache, the others' git-kept outputs are not),
 # runs one `dvc exp run` with the given overrides, and pushes the experiment back: its DVC outputs
 # and run-cache first, then its git ref, so that origin never lists an experiment whose outputs are
 # nowhere. Any clone then sees it with `dvc exp pull origin NAME`.
