@@ -89,7 +89,8 @@ def script_of(stage: dict) -> Path:
 
 
 def out_paths(stage: dict, model: str) -> set[str]:
-    return {(next(iter(o)) if isinstance(o, dict) else o).replace("${item.model}", model) for o in stage["outs"]}
+    outs = stage.get("outs", []) + stage.get("plots", [])  # plots: the cache: false outputs, see dvc.yaml
+    return {(next(iter(o)) if isinstance(o, dict) else o).replace("${item.model}", model) for o in outs}
 
 
 def stage_code(stage: dict, model: str) -> set[str]:

@@ -97,3 +97,38 @@ def test_export_to_a_folder_or_an_unwritable_place_is_one_line(trained, tmp_path
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert fragment in lines[0] and ".cnnlab-tmp" not in lines[0], lines[0]
+
+
+def test_export_over_the_checkpoint_itself_is_refused_and_leaves_it_whole(trained, tmp_path):
+    import shutil
+    checkpoint = tmp_path / "lenet.pt"
+    shutil.copy(trained / "lenet.pt", checkpoint)
+    before = checkpoint.read_bytes()
+    for target in (checkpoint, tmp_path / "." / "lenet.pt"):
+        result = cli(checkpoint, "--export", target)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert "is the checkpoint itself" in lines[0] and "export to another file" in lines[0], lines[0]
+    assert checkpoint.read_bytes() == before
+
+
+def test_a_folder_as_checkpoint_is_called_a_folder(trained):
+    result = cli(trained / "images", trained / "images")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "images: a folder, not a checkpoint" in result.stderr and "missing" not in result.stderr
+
+
+def test_an_image_under_8x8_is_refused_as_download_refuses_it(trained, tmp_path):
+    from PIL import Image
+    Image.new("L", (1, 1), 0).save(tmp_path / "dot.png")
+    result = cli(trained / "lenet.pt", tmp_path / "dot.png")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "dot.png: too small to learn from (1x1 pixels, smaller than 8x8)" in result.stderr
+
+
+def test_a_name_with_a_newline_is_printed_on_one_line(trained, tmp_path):
+    import shutil
+    shutil.copy(next((trained / "images" / "nested").glob("*.png")), tmp_path / "two\nlines.png")
+    result = cli(trained / "lenet.pt", tmp_path / "two\nlines.png")
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == 1 and "two\\nlines.png: " in lines[0], result.stdout

@@ -20,9 +20,14 @@ import torch.nn.functional as F
 from cnnlab import CnnlabError
 from cnnlab.engine.batches import DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
-from cnnlab.datasets.folder import IMAGE_SUFFIXES, decode_files, hidden
+from cnnlab.datasets.folder import IMAGE_SUFFIXES, BadImage, decode_files, hidden
 from cnnlab.engine.inference import autocast_dtype, run
 from cnnlab.runtime import pick_device
+
+
+def shown(path: Path | str) -> str:
+    """A path on one line: a newline or other control character in a name is written escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 def image_paths(paths: list[str]) -> list[Path]:
@@ -36,7 +41,7 @@ def image_paths(paths: list[str]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise CnnlabError(f"{path}: no such file or folder")
+            raise CnnlabError(f"{shown(path)}: no such file or folder")
     if not found:
         raise CnnlabError(f"no images under {', '.join(paths)}")
     return found
@@ -45,7 +50,10 @@ def image_paths(paths: list[str]) -> list[Path]:
 def load_images(paths: list[Path], channels: int, size: int) -> torch.Tensor:
     """uint8 [N, C, size, size], decoded as the folder dataset decodes training images (EXIF orientation
     applied, transparency flattened onto white: cnnlab.datasets.folder.pixels)."""
-    return torch.from_numpy(decode_files([str(path) for path in paths], "L" if channels == 1 else "RGB", size))
+    try:
+        return torch.from_numpy(decode_files([str(path) for path in paths], "L" if channels == 1 else "RGB", size))
+    except BadImage as err:
+        raise CnnlabError(f"{shown(err.path)}: {err.why}; {err.fix}") from None
 
 
 def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256
@@ -88,6 +96,17 @@ def export(checkpoint: str | Path, target: str | Path, tolerance: float = 1e-5) 
     return difference
 
 
+def check_files(checkpoint: str, target: str | None) -> None:
+    """One line, before any work, for a folder given as the checkpoint or an export that would
+    replace the checkpoint it is made from."""
+    if Path(checkpoint).is_dir():
+        raise CnnlabError(f"{shown(checkpoint)}: a folder, not a checkpoint; give the file the train stage "
+                          "wrote, e.g. models/lenet.pt")
+    if target is not None and Path(target).resolve() == Path(checkpoint).resolve():
+        raise CnnlabError(f"--export {shown(target)}: that is the checkpoint itself and would be replaced; "
+                          "export to another file, e.g. lenet.pt2")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cnnlab.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint the train stage wrote, e.g. models/lenet.pt")
@@ -97,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise CnnlabError(f"--top-k must be at least 1; got {args.top_k}")
+    check_files(args.checkpoint, args.export)
     if args.paths:
         for path, best in predict(args.checkpoint, args.paths, args.top_k):
-            print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in best))
+            print(f"{shown(path)}: " + ", ".join(f"{name} {p:.1%}" for name, p in best))
     if args.export:
         difference = export(args.checkpoint, args.export)
-        print(f"exported {args.export} (torch.export; largest difference from the original {difference:.1e})")
+        print(f"exported {shown(args.export)} (torch.export; largest difference from the original {difference:.1e})")
     if not args.paths and not args.export:
         parser.error("give image paths, --export FILE, or both")
 

@@ -304,11 +304,17 @@ def orientation(image, header_only: bool = False) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _header(image) -> tuple:
-    """(mode, needs turning upright, frames, has transparency, size) from a file's header."""
+def big_enough(image):
+    """The image, unless it is smaller than MIN_SIDE on a side (refused, never blown up)."""
     if min(image.size) < MIN_SIDE:
         raise _Refused(f"too small to learn from ({image.size[0]}x{image.size[1]} pixels, smaller than "
                        f"{MIN_SIDE}x{MIN_SIDE})", "remove it")
+    return image
+
+
+def _header(image) -> tuple:
+    """(mode, needs turning upright, frames, has transparency, size) from a file's header."""
+    big_enough(image)
     if image.format == "GIF":
         raise _Refused("a GIF image under another name; GIF is not supported", "convert it to PNG")
     frames = getattr(image, "n_frames", 1) if image.format in ("TIFF", "PNG", "WEBP") else 1  # not MPO's previews
@@ -392,7 +398,7 @@ def decode_files(files: list[str], mode: str, size: int):
     import numpy as np
     out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
     for i, file in enumerate(files):
-        array = read_image(file, lambda image: pixels(image, mode, size))
+        array = read_image(file, lambda image: pixels(big_enough(image), mode, size))
         out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
     return out
 
