@@ -41,7 +41,8 @@ def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
     report = paths.outputs("report", root=ROOT)
     # the report keeps a figure whose data is unchanged: a forced run draws it, as a first build does
     # (put back should the run fail: DVC leaves the report's outputs to the report stage)
-    kept = {figure: figure.read_bytes() for figure in (report.curves, report.noise) if figure.exists()}
+    kept = {figure: figure.read_bytes() for figure in (report.curves, *report.report_figures.glob("*.png"))
+            if figure.exists()}
     for figure in kept:
         figure.unlink()
     start = time.perf_counter()

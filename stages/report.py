@@ -5,7 +5,7 @@ import shutil
 from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
 from cnnlab.config import params, paths
 from cnnlab.plumbing.outputs import write_csv
-from cnnlab.figures import curves_figure, noise_figure
+from cnnlab.figures import comparison_figure, curves_figure
 from cnnlab.report import collect, collect_analysis, comparison, figure_data, markdown, read_data_summary
 
 
@@ -35,8 +35,12 @@ def main():
         for name, source in compared["figures"].items():
             shutil.copyfile(source, figures / name)
         drawing = figure_data(histories, analysis)  # a figure whose data is unchanged is kept, not redrawn
-        out.figure_of(target.curves, curves_figure, drawing["curves"], dpi=dpi)
-        out.figure_of(target.noise, noise_figure, drawing["noise"], dpi=dpi)
+        out.figure_of(target.curves, curves_figure, drawing.pop("curves"), dpi=dpi)
+        report_figures = out.path(target.report_figures)
+        report_figures.mkdir()
+        for name, data in drawing.items():
+            out.figure_of(target.report_figures / f"{name}.png", comparison_figure, data, dpi=dpi,
+                          inside=report_figures / f"{name}.png")
         out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis,
                                            read_data_summary()))
     print("report: " + ", ".join(f"{r.model} {r.test_accuracy:.4f}" for r in summary.itertuples()))

@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.analyze import capture_activations, image_likeness, leaf_modules, most_confused, tsne_2d
+from cnnlab.analyses.embedding import tsne_2d
+from cnnlab.analyses.feature_maps import capture_activations, image_likeness, leaf_modules
+from cnnlab.analyses.mistakes import most_confused
 from cnnlab.explain import grad_cam
 from cnnlab.augment import salt_and_pepper
 from cnnlab.engine.batches import DeviceSplit
@@ -127,7 +129,7 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     from test_train import CFG, splits
     from cnnlab.runtime import seed_everything
     from cnnlab.train.loop import fit
-    from cnnlab.analyze import mass_on
+    from cnnlab.analyses.gradcam import mass_on
     train, val = splits(n_train=600)
     generator = seed_everything(0)
     model = build("lenet", 1, 10, 28)

@@ -99,9 +99,11 @@ def stage_code(stage: dict, model: str) -> set[str]:
     code = code_deps(script_of(stage))
     if model:
         code |= code_deps(SRC / "cnnlab" / "models" / f"{model}.py")
-    if any("losses.function(" in (REPO / path).read_text() for path in code):  # train.loss names one of them
-        for loss in (SRC / "cnnlab" / "losses").glob("*.py"):
-            code |= code_deps(loss)
+    # modules imported by name: the loss train.loss names, and every analysis of cnnlab/analyses/
+    if any("losses.function(" in (REPO / path).read_text() for path in code):
+        code = code.union(*(code_deps(module) for module in (SRC / "cnnlab" / "losses").glob("*.py")))
+    if "src/cnnlab/analyses/__init__.py" in code:
+        code = code.union(*(code_deps(module) for module in (SRC / "cnnlab" / "analyses").glob("*.py")))
     return code
 
 

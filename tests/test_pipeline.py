@@ -83,7 +83,7 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
     report = (root / "report/README.md").read_text()
     assert all(f"| {m} |" in report for m in MODELS)
     assert "## Inside the networks" in report and "no filters and no Grad-CAM" in report
-    assert (root / "plots/analysis/samples.png").is_file() and (root / "report/noise.png").is_file()
+    assert (root / "plots/analysis/samples.png").is_file() and (root / "report/figures/noise.png").is_file()
     with open(root / "metrics/summary.csv") as stream:
         assert [r["model"] for r in csv.DictReader(stream)] == MODELS
 
@@ -124,7 +124,7 @@ def test_a_report_option_reruns_only_the_report(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["report"]["title"] = "Changed title"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    figures = {name: (root / "report" / name).read_bytes() for name in ("curves.png", "noise.png")}
+    figures = {name: (root / "report" / name).read_bytes() for name in ("curves.png", "figures/noise.png")}
     assert set(ran(dvc(project, "repro"))) <= {"report"}
     assert (root / "report/README.md").read_text().startswith("# Changed title")
     # the figures do not show the title: kept as they were, not redrawn (cnnlab.plumbing.outputs.figure_of)

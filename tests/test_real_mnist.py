@@ -27,7 +27,7 @@ def test_lenet_two_epochs_reaches_98_5_percent(tmp_path, real_mirror):
     assert result.json["metrics"]["accuracy"] >= 0.985, result.json["metrics"]
     # the Grad-CAM paper's fine map on the trained LeNet: at least twice the digit's share of the image
     # lies on the digit's pixels (Grad-CAM alone is as coarse as LeNet's last 5x5 block)
-    from cnnlab.analyze import mass_on
+    from cnnlab.analyses.gradcam import mass_on
     from cnnlab.explain import guided_grad_cam
     from cnnlab.engine.batches import DeviceSplit
     from cnnlab.engine.checkpoints import load_checkpoint

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, copy_project, make_mirror, pipeline_env
 from test_pipeline import ran
@@ -188,8 +189,7 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
     assert json.loads((a / "metrics/scores.json").read_text())["test"]["tiny"] > 0.3  # chance: 0.1
     assert json.loads((a / "metrics/analysis/tiny.json").read_text())["gradcam_layer"] == "2 (ReLU)"
 
-    with open(a / "src/cnnlab/analyze.py", "a") as stream:
-        stream.write("\n\n" + python[1])
+    (a / "src/cnnlab/analyses/confidence.py").write_text(python[1])
     every = {f"analyze@{m}" for m in [*MODELS, "tiny"]}  # the workspace now trains tiny too
     assert status(a, env) == every
     assert set(ran(sh(a, env, "dvc", "repro"))) == every | {"report"}
@@ -199,16 +199,27 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
         assert 0.1 <= json.loads((a / f"metrics/analysis/{model}.json").read_text())["mean_confidence"] <= 1
     chart = json.loads(sh(a, env, "dvc", "plots", "show", "--json"))["data"]["plots/compare/tables/confidence.csv"]
     assert {row["model"] for row in chart[0]["content"]["data"]["values"]} == {*MODELS, "tiny"}
-    assert "Table confidence" in (a / "report/README.md").read_text()
+    shown = (a / "report/README.md").read_text()
+    assert shown.count("#### Confidence") == 3 and shown.count("mean top-class probability") == 3
+
+
+def test_the_change_the_loss_walkthrough_works_as_written(team):
+    a, env, _, _ = team
+    (a / "src/cnnlab/losses/focal.py").write_text(code_blocks("python")[2])
+    trained = yaml.safe_load((a / "params.yaml").read_text())["models"]  # earlier walk-throughs may add some
+    assert status(a, env) == {f"train@{m}" for m in trained}
+    ran_stages = set(ran(sh(a, env, *shlex.split(code_blocks("bash")[2]))))
+    assert ran_stages == {f"{stage}@{m}" for stage in ("train", "evaluate", "analyze") for m in trained} | {"report"}
+    assert json.loads((a / "metrics/train/lenet.json").read_text())["val_accuracy"] > 0.3  # chance: 0.1
 
 
 def test_the_add_a_dataset_walkthrough_works_as_written(team):
     a, env, _, _ = team
     before = status(a, env)
     with open(a / "src/cnnlab/datasets/__init__.py", "a") as stream:
-        stream.write("\n" + code_blocks("python")[2])
+        stream.write("\n" + code_blocks("python")[3])
     assert status(a, env) - before == {"download", "prepare"}
-    command = shlex.split(code_blocks("bash")[2])
+    command = shlex.split(code_blocks("bash")[3])
     out = sh(a, env, *command)
     assert {"download", "prepare"} <= set(ran(out))
     assert json.loads((a / "metrics/data.json").read_text())["classes"] == [str(d) for d in range(10)]

@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cnnlab import models, report  # noqa: E402
-from cnnlab import checks  # noqa: E402
+from cnnlab import checks, models  # noqa: E402
 from cnnlab.config import paths  # noqa: E402
 from cnnlab.datasets import DATASETS  # noqa: E402
 from cnnlab.config.params import SCHEMA, read_yaml  # noqa: E402
@@ -68,10 +67,11 @@ def explanations() -> str:
     rows = []
     for name in names:
         found = _read_json(ROOT / paths.outputs("analyze", name).metrics)
+        with open(ROOT / paths.outputs("analyze", name).tables / "verdicts.csv") as stream:
+            said = {row["method"]: row["verdict"] for row in csv.DictReader(stream)}
         for method, n in found.get("explanations", {}).items():
-            said = report.verdict(method, n) + (" (best)" if method == found.get("explanation_best") else "")
             rows.append([name, method, f"{n['deletion_auc']:.3f}", f"{n['insertion_auc']:.3f}",
-                         f"{n['randomized_spearman']:.2f}", said])
+                         f"{n['randomized_spearman']:.2f}", said[method]])
     return markdown_table(["model", "method", "deletion AUC", "insertion AUC", "randomised rank corr.", "verdict"], rows)
 
 

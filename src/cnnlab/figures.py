@@ -214,15 +214,14 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
     return fig
 
 
-def noise_figure(analysis: dict):
+def comparison_figure(plot: dict):
+    """One line per model of a table an analysis plots in the report (report_plots: title, x, y, curves)."""
     fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
-    for i, (name, found) in enumerate(analysis.items()):
-        curve = found["noise"]
-        if curve is None:
-            continue
-        ax.plot(curve["noise"], curve["accuracy"], marker="o", color=f"C{i}", label=name)
-    ax.set_xlabel("fraction of pixels replaced by salt-and-pepper noise")
-    ax.set_ylabel("test accuracy")
+    for i, (name, curve) in enumerate(plot["curves"].items()):
+        ax.plot(curve["x"], curve["y"], marker="o", color=f"C{i}", label=name)
+    ax.set_title(plot["title"], fontsize=9)
+    ax.set_xlabel(plot["x"])
+    ax.set_ylabel(plot["y"])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,4 +1,5 @@
-"""The report: one table row per model, training curves, confusion matrices, per-class scores."""
+"""The report: one table row per model, training curves, confusion matrices, per-class scores, and what
+the analyses found, rendered as each analysis declared it (the report names no analysis)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,6 @@ READS = {
     "analyze": ("metrics", "tables", "figures"),
     "samples": ("data", "figure"),
 }
-
-# The analyses' own tables the report writes about; any other table (a new analysis's) is shown as
-# it is, and every figure at the top of a model's analysis folder is compared across runs.
-DESCRIBED_TABLES = ("layers", "noise", "tsne", "mistakes", "deletion", "insertion", "randomization")
 
 SUMMARY_COLUMNS = {
     "model": "model", "parameters": "parameters", "epochs_run": "epochs", "best_val_loss": "best val loss",
@@ -58,28 +55,40 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
 
 
 def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
-    """Per model: the analyze stage's metrics, every table it wrote (by name), its figures' folder."""
-    found = {}
+    """Per model: what the analyze stage found (its metrics, with the sections it declares for the
+    report) and the folders of its figures and tables."""
+    analysis = {}
     for name in models:
         out = paths.outputs("analyze", name, root)
-        tables = {path.stem: pd.read_csv(path) for path in sorted(out.tables.glob("*.csv"))}
-        found[name] = {"metrics": _read_json(out.metrics), "tables": tables, "layers": tables.get("layers"),
-                       "noise": tables.get("noise"), "figures": out.figures}
-    return found
+        analysis[name] = {"metrics": _read_json(out.metrics), "figures": out.figures, "tables": out.tables}
+    return analysis
+
+
+def table(analysis: dict, name: str, table_name: str) -> pd.DataFrame:
+    return pd.read_csv(analysis[name]["tables"] / f"{table_name}.csv")
 
 
 # the history columns curves_figure draws: a retrain that changes only its timings redraws nothing
 CURVES = ["epoch", "train_loss", "val_loss", "val_accuracy", "train_accuracy"]
 
 
+def report_plots(analysis: dict) -> dict[str, dict]:
+    """The tables analyses declare plotted in the report too (`"report": True`), with every model's curve."""
+    plots = {}
+    for name, found in analysis.items():
+        for table_name, plot in found["metrics"].get("plots", {}).items():
+            if plot.get("report"):
+                frame = table(analysis, name, table_name)
+                plots.setdefault(table_name, {"title": plot["title"], "x": plot["x"], "y": plot["y"], "curves": {}})
+                plots[table_name]["curves"][name] = {"x": frame[plot["x"]].tolist(), "y": frame[plot["y"]].tolist()}
+    return plots
+
+
 def figure_data(histories: dict, analysis: dict) -> dict[str, dict]:
     """The data of the report's own figures, as JSON (cnnlab.plumbing.outputs.StagedOutputs.figure_of):
-    the keyword arguments of curves_figure and noise_figure."""
-    return {
-        "curves": {"histories": {name: history[CURVES].to_dict("list") for name, history in histories.items()}},
-        "noise": {"analysis": {name: {"noise": None if found["noise"] is None else found["noise"].to_dict("list")}
-                               for name, found in analysis.items()}},
-    }
+    the keyword arguments of curves_figure and, per report plot, of comparison_figure."""
+    return {"curves": {"histories": {name: history[CURVES].to_dict("list") for name, history in histories.items()}},
+            **{table_name: {"plot": plot} for table_name, plot in report_plots(analysis).items()}}
 
 
 def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
@@ -89,11 +98,10 @@ def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
 def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Path = Path(".")) -> dict:
     """What `dvc metrics`, `dvc exp show` and `dvc plots` show: every model of the summary, and only
     those, in a few files with a `model` column (one chart line, one confusion panel per model).
-    Built from what `collect` and `collect_analysis` already read; only the per-batch history and
-    the confusion counts are read here.
 
     scores: test accuracy of each model in one file, so `dvc exp show` puts them first; model_scores:
-    the other few numbers people compare, one small file per model (`dvc metrics show` stays narrow).
+    the other few numbers people compare (those the analyses declare among them), one small file per
+    model; figures: those the analyses declare compared across runs, and the samples.
     """
     epochs, steps, confusion, figures = [], [], [], {}
     tables: dict[str, list[dict]] = {}
@@ -103,35 +111,20 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         name, found = row.model, analysis[row.model]
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
-        for table, plot in found["metrics"].get("plots", {}).items():  # what analyses declared plottable
-            frame = found["tables"][table]
+        for table_name, plot in found["metrics"].get("plots", {}).items():
             series = plot.get("series")  # one line per model, or per model and series (e.g. method)
-            tables.setdefault(table, []).extend(
-                {"model": f"{name} {row[series]}" if series else name, "x": row[plot["x"]], "y": row[plot["y"]],
-                 plot["x"]: row[plot["x"]], plot["y"]: row[plot["y"]]} for row in frame.to_dict("records"))
+            tables.setdefault(table_name, []).extend(
+                {"model": f"{name} {rec[series]}" if series else name, "x": rec[plot["x"]], "y": rec[plot["y"]],
+                 plot["x"]: rec[plot["x"]], plot["y"]: rec[plot["y"]]}
+                for rec in table(analysis, name, table_name).to_dict("records"))
         counts = pd.read_csv(paths.outputs("evaluate", name, root).confusion)
         counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
         scores["test"][name] = round(row.test_accuracy, 4)
-        model_scores[name] = {
-            "f1": round(row.test_macro_f1, 4),
-            "val_acc": round(row.val_accuracy, 4),
-            "silhouette": round(found["metrics"]["silhouette"], 3),
-            "train_s": round(row.train_seconds, 1),
-        }
-        curve = found["noise"]
-        if curve is not None:
-            model_scores[name]["noisy"] = round(float(curve["accuracy"].iloc[curve["noise"].idxmax()]), 4)
-        best = found["metrics"].get("explanation_best")
-        if best:  # the most faithful trusted attribution method, and how faithful
-            scored = found["metrics"]["explanations"][best]
-            model_scores[name].update(explainer=best, deletion_auc=round(scored["deletion_auc"], 3),
-                                      insertion_auc=round(scored["insertion_auc"], 3))
-        for source in sorted(found["figures"].glob("*.png")):  # every analysis's own figures
-            figures[f"{name}_{source.name}"] = source
-        last_conv = found["metrics"].get("last_conv")
-        if last_conv and (found["figures"] / f"filters/{last_conv}.png").is_file():
-            figures[f"{name}_filters.png"] = found["figures"] / f"filters/{last_conv}.png"
+        model_scores[name] = {"f1": round(row.test_macro_f1, 4), "val_acc": round(row.val_accuracy, 4),
+                              "train_s": round(row.train_seconds, 1), **found["metrics"].get("scores", {})}
+        for figure, source in found["metrics"].get("compared", {}).items():
+            figures[f"{name}_{figure}"] = found["figures"] / source
     figures["samples.png"] = paths.outputs("samples", root=root).figure
     return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "tables": tables,
             "confusion": confusion, "figures": figures}
@@ -141,108 +134,51 @@ def read_data_summary(root: Path = Path(".")) -> dict:
     return _read_json(paths.outputs("samples", root=root).data)
 
 
-def describe_model(name: str, found: dict) -> str:
-    """A short paragraph written from the analysis numbers."""
-    m, layers, noise = found["metrics"], found["layers"], found["noise"]
-    spatial = layers.dropna(subset=["image_likeness"]) if layers is not None else pd.DataFrame()
-    sentences = []
-    if len(spatial):
-        like = spatial[spatial["image_likeness"] >= 0.5]
-        last = spatial.iloc[-1]
-        if len(like) and like.index[-1] == spatial.index[-1]:
-            sentences.append(
-                f"Its feature maps stay image-like (mean correlation with the input >= 0.5) through its last "
-                f"spatial layer, {last['layer']} ({last['type']}, {last['shape']}, {last['image_likeness']:.2f}): "
-                f"the classifier reads maps that still outline the input.")
-        elif len(like):
-            keep = like.iloc[-1]
-            sentences.append(
-                f"Its feature maps stay image-like (mean correlation with the input >= 0.5) up to layer "
-                f"{keep['layer']} ({keep['type']}, {keep['shape']}, {keep['image_likeness']:.2f}); by layer "
-                f"{last['layer']} ({last['type']}, {last['shape']}) the correlation is "
-                f"{last['image_likeness']:.2f}, the maps now code for parts rather than the picture.")
-        else:
-            sentences.append(f"Already its first layer's maps correlate weakly with the input "
-                             f"({spatial.iloc[0]['image_likeness']:.2f}).")
-    else:
-        sentences.append("It has no convolutions: every layer is a vector, so there are no spatial maps, "
-                         "no filters and no Grad-CAM; its layer activations are drawn as heatmaps instead.")
-    ratio = m["silhouette"] / m["silhouette_pixels"] if m["silhouette_pixels"] > 0 else float("nan")
-    sentences.append(
-        f"Its {m['feature_dim']}-d penultimate features separate the classes with a silhouette of "
-        f"{m['silhouette']:.3f}, against {m['silhouette_pixels']:.3f} for the raw pixels of the same "
-        f"{m['tsne_samples']} test images" + (f" ({ratio:.1f}x)." if ratio == ratio else "."))
-    if noise is None:
-        return " ".join(sentences)
-    clean, worst = noise.iloc[0], noise.iloc[-1]
-    sentences.append(
-        f"Salt-and-pepper noise takes its accuracy from {clean['accuracy']:.2%} at {clean['noise']:g} to "
-        f"{worst['accuracy']:.2%} at {worst['noise']:g} (" + ", ".join(
-            f"{row.accuracy:.2%} at {row.noise:g}" for row in noise.iloc[1:-1].itertuples()) + ").")
-    return " ".join(s.replace(" ().", ".") for s in sentences).replace(" ()", "")
-
-
-def compare_models(analysis: dict) -> str:
-    if len(analysis) < 2 or any(found["noise"] is None for found in analysis.values()):
-        return ""
-    worst = {name: found["noise"].iloc[-1] for name, found in analysis.items()}
-    level = next(iter(worst.values()))["noise"]
-    robust = max(worst, key=lambda n: worst[n]["accuracy"])
-    fragile = min(worst, key=lambda n: worst[n]["accuracy"])
-    separated = max(analysis, key=lambda n: analysis[n]["metrics"]["silhouette"])
-    return (f"At noise {level:g}, {robust} keeps the most accuracy ({worst[robust]['accuracy']:.2%}) and "
-            f"{fragile} the least ({worst[fragile]['accuracy']:.2%}). The most separated embedding is "
-            f"{separated}'s (silhouette {analysis[separated]['metrics']['silhouette']:.3f}).")
-
-
 def _link(target: Path, root: Path) -> str:
     """`target` as the report links it: relative to the report's own folder."""
     return Path(os.path.relpath(target, paths.outputs("report", root=root).markdown.parent)).as_posix()
 
 
 def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path(".")) -> list[str]:
+    """What the analyses found: every model's curves of each report plot side by side, then each model's
+    sections as its analyses declared them (title, text, figures, tables)."""
     report = paths.outputs("report", root=root)
     lines = ["## Inside the networks", "",
-             f"![sample training images]({_link(paths.outputs('samples', root=root).figure, root)})", "",
-             f"![accuracy under noise]({_link(report.noise, root)})", ""]
-    comparison = compare_models(analysis)
-    if comparison:
-        lines += [comparison, ""]
-    if all(found["noise"] is not None for found in analysis.values()):
-        noise_table = pd.DataFrame({name: found["noise"].set_index("noise")["accuracy"].map(lambda v: f"{v:.2%}")
-                                    for name, found in analysis.items()})
-        noise_table.insert(0, "noise", [f"{v:g}" for v in noise_table.index])
-        lines += ["Test accuracy under salt-and-pepper noise:", "", _markdown_table(noise_table), ""]
+             f"![sample training images]({_link(paths.outputs('samples', root=root).figure, root)})", ""]
+    for table_name, plot in report_plots(analysis).items():
+        lines += [f"![{plot['title']}]({_link(report.report_figures / f'{table_name}.png', root)})", "",
+                  f"{plot['title'][0].upper()}{plot['title'][1:]}:", "", _markdown_table(side_by_side(plot)), ""]
     for name, found in analysis.items():
-        folder_path = found["figures"]
-        folder = _link(folder_path, root)
-        lines += [f"### {name}", "", describe_model(name, found), ""]
-        if found["layers"] is not None:
-            layer_rows = found["layers"].copy()
-            layer_rows["image_likeness"] = layer_rows["image_likeness"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-            lines += [_markdown_table(layer_rows.rename(columns={"image_likeness": "correlation with input"})), ""]
-        figures = sorted(p.name for p in (folder_path / "maps").glob("*.png"))
-        lines += ["Feature maps, one row per class: " + ", ".join(
-            f"[{f.removesuffix('.png')}]({folder}/maps/{f})" for f in figures) + ".", ""]
-        if figures:
-            first_spatial = next((f for f in figures if "Conv" in f), figures[0])
-            lines += [f"![{name} {first_spatial}]({folder}/maps/{first_spatial})", ""]
-        if found["metrics"].get("gradcam_layer"):
-            filters = sorted(p.name for p in (folder_path / "filters").glob("*.png"))
-            lines += [f"![{name} filters {f}]({folder}/filters/{f})" for f in filters] + [""]
-            lines += [f"![{name} Grad-CAM]({folder}/gradcam.png)", ""]
-        else:
-            lines += ["No convolution layers: no filters and no Grad-CAM for this model.", ""]
-        lines += [f"![{name} t-SNE]({folder}/tsne.png)", ""]
-        if (folder_path / "confused.png").exists():
-            lines += [f"![{name} most confident mistakes]({folder}/confused.png)", ""]
-        lines += explanation_lines(name, found, folder)
-        lines += other_findings(name, found, folder)
+        lines += [f"### {name}", ""]
+        for section in found["metrics"].get("sections", []):
+            lines += section_lines(name, section, found, root)
     if data:
         counts = pd.DataFrame(data["class_counts"])
         counts.insert(0, "class", data["classes"])
         lines += ["## Class counts used", "", _markdown_table(counts), ""]
         lines += data_card_lines(data.get("card") or {})
+    return lines
+
+
+def side_by_side(plot: dict) -> pd.DataFrame:
+    """One row per x, one column of y per model."""
+    columns = {name: pd.Series(curve["y"], index=curve["x"]) for name, curve in plot["curves"].items()}
+    frame = pd.DataFrame(columns)
+    frame.insert(0, plot["x"], frame.index)
+    return frame
+
+
+def section_lines(name: str, section: dict, found: dict, root: Path, rows: int = 12) -> list[str]:
+    folder = _link(found["figures"], root)
+    lines = [f"#### {section['title']}", ""]
+    lines += [paragraph + "\n" for paragraph in section["text"]]
+    lines += [f"![{name} {Path(f).stem}]({folder}/{f})\n" for f in section["figures"]]
+    if section["links"]:
+        lines += ["All of them: " + ", ".join(f"[{Path(f).stem}]({folder}/{f})" for f in section["links"]) + ".\n"]
+    for table_name in section["tables"]:
+        frame = pd.read_csv(found["tables"] / f"{table_name}.csv")
+        more = f" (first {rows} of {len(frame)} rows)" if len(frame) > rows else ""
+        lines += ([f"Table {table_name}{more}:", ""] if more else []) + [_markdown_table(frame.head(rows)), ""]
     return lines
 
 
@@ -275,63 +211,16 @@ def data_card_lines(card: dict) -> list[str]:
     return lines + [""]
 
 
-SHOWN_FIGURES = ("gradcam.png", "tsne.png", "confused.png", "explanations.png")
-
-
-def verdict(method: str, scored: dict) -> str:
-    """What an attribution method's numbers say about it (cnnlab.explain.assess's booleans)."""
-    if method == "random":
-        return "baseline (ignores the model)"
-    return (("faithful" if scored["beats_random"] else "no better than random")
-            + ("" if scored["passes_randomization"] else ", fails the randomisation check"))
-
-
-def explanation_lines(name: str, found: dict, folder: str) -> list[str]:
-    """Which attribution methods explain this model, from the numbers: deletion and insertion AUC
-    against a random map, and the model-randomisation check."""
-    scored = found["metrics"].get("explanations")
-    if not scored:
-        return []
-    random = scored.get("random", {})
-    rows = pd.DataFrame([{"method": method, "deletion AUC (lower: better)": f"{n['deletion_auc']:.3f}",
-                          "insertion AUC (higher: better)": f"{n['insertion_auc']:.3f}",
-                          "rank correlation after randomising the weights": f"{n['randomized_spearman']:.2f}",
-                          "verdict": verdict(method, n)}
-                         for method, n in scored.items()])
-    methods = [m for m in scored if m != "random"]
-    beat = [m for m in methods if scored[m]["beats_random"]]
-    failed = [m for m in methods if not scored[m]["passes_randomization"]]
-    best = found["metrics"].get("explanation_best")
-    said = (f"Of {len(methods)} attribution methods, {len(beat)} beat a random map on both deletion and insertion "
-            f"(random: {random.get('deletion_auc', float('nan')):.3f} / {random.get('insertion_auc', float('nan')):.3f})"
-            + (f": {', '.join(beat)}" if beat else "") + ". ")
-    if set(methods) - set(beat):
-        said += f"No better than random: {', '.join(m for m in methods if m not in beat)}. "
-    said += (f"Failing the randomisation check (maps that barely change when the weights are re-initialised): "
-             f"{', '.join(failed)}. " if failed else "Every method's maps change when the weights are re-initialised. ")
-    said += f"The most faithful trusted method is {best}." if best else "No method is both faithful and model-dependent."
-    return ["#### Explanations you can trust", "", said, "", _markdown_table(rows), "",
-            f"![{name} explanations]({folder}/explanations.png)", ""]
-
-
-def other_findings(name: str, found: dict, folder: str, rows: int = 12) -> list[str]:
-    """What analyses the report does not describe in words wrote: their figures, their tables (the
-    first rows) and their numbers, shown as they are."""
-    lines = []
-    for figure in sorted(found["figures"].glob("*.png")):
-        if figure.name not in SHOWN_FIGURES:
-            lines += [f"![{name} {figure.stem}]({folder}/{figure.name})", ""]
-    for table, frame in found["tables"].items():
-        if table not in DESCRIBED_TABLES:
-            more = f" (first {rows} of {len(frame)} rows)" if len(frame) > rows else ""
-            lines += [f"Table {table}{more}:", "", _markdown_table(frame.head(rows).round(4)), ""]
-    return lines
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"
+    return str(value)
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 

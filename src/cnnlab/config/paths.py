@@ -29,7 +29,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "figure": "plots/analysis/samples.png",
         "data": "metrics/data.json",
     },
-    # every analysis of the registry (cnnlab.analyze.ANALYSES) writes into these: a new analysis
+    # every analysis (cnnlab/analyses/, one file each) writes into these: a new analysis
     # adds files inside the folders, never an output of its own
     "analyze": {
         "figures": "plots/analysis/{model}",    # <figure>.png, and folders of them (maps/, filters/)
@@ -41,7 +41,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
     "report": {
         "markdown": "report/README.md",
         "curves": "report/curves.png",
-        "noise": "report/noise.png",
+        "report_figures": "report/figures",  # a figure of every model per table an analysis plots in the report
         "summary": "metrics/summary.csv",
         "scores": "metrics/scores.json",
         "model_scores": "metrics/models",

@@ -86,18 +86,21 @@ class StagedOutputs:
         fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:], metadata=metadata)
         plt.close(fig)
 
-    def figure_of(self, target: str | Path, draw: Callable[..., Any], data: dict, dpi: int = 110) -> bool:
+    def figure_of(self, target: str | Path, draw: Callable[..., Any], data: dict, dpi: int = 110,
+                  inside: Path | None = None) -> bool:
         """Stage `target` as the figure `draw(**data)` makes, unless `target` already holds exactly
         that figure: then its bytes are kept and nothing is drawn, so a report-only change does not
         pay for matplotlib (cnnlab.figures imports it on the first drawing). Returns whether it drew.
 
         Each figure records what it was drawn from (figure_digest) in its PNG metadata; `data`
-        must be JSON, and the figure a function of it, the dpi and the drawing code alone."""
+        must be JSON, and the figure a function of it, the dpi and the drawing code alone. `inside`:
+        where to write it when `target` lies in a folder that is staged whole."""
         digest = figure_digest(draw, data, dpi)
+        written = self.path(target) if inside is None else inside
         if drawn_from(Path(target)) == digest:
-            shutil.copyfile(target, self.path(target))
+            shutil.copyfile(target, written)
             return False
-        self.figure(target, draw(**data), dpi=dpi, metadata={DRAWN_FROM: digest})
+        self.figure(written, draw(**data), dpi=dpi, staged=False, metadata={DRAWN_FROM: digest})
         return True
 
     def commit(self) -> None:
