@@ -110,12 +110,12 @@ def test_channels_last_batches_train_to_the_same_result():
     labels = torch.randint(0, 10, (96,))
     cpu = torch.device("cpu")
     results = []
-    for layout in (torch.contiguous_format, torch.channels_last):
-        data = DeviceSplit(images, labels, [0.5] * 3, [0.25] * 3, cpu, layout)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        data = DeviceSplit(images, labels, [0.5] * 3, [0.25] * 3, cpu, memory_format)
         x, _ = next(data.batches(32))
-        assert x.is_contiguous(memory_format=layout)
+        assert x.is_contiguous(memory_format=memory_format)
         seed_everything(0)
-        model = build("cnn", 3, 10, 12).to(memory_format=layout)
+        model = build("cnn", 3, 10, 12).to(memory_format=memory_format)
         fit(model, data, data, {**CFG, "epochs": 2}, torch.Generator().manual_seed(0))
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(results[0], results[1], atol=1e-4)

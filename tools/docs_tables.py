@@ -1,6 +1,6 @@
 """Every number table in README.md and docs/, written from what the pipeline and the benchmarks
 committed: never typed. Also writes the params reference (docs/params.md) and the JSON Schema of
-params.yaml (params.schema.json) from the validation schema in cnnlab/core/params.py.
+params.yaml (params.schema.json) from the validation schema in cnnlab/config/params.py.
 
     python tools/docs_tables.py          # rewrite the tables in place
     python tools/docs_tables.py --check  # exit 1, naming the file, if any table is stale (a test runs this)

@@ -8,7 +8,7 @@ from pathlib import Path
 from cnnlab import analyses, models
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
-from cnnlab.engine.inference import autocast_dtype, layout
+from cnnlab.engine.inference import autocast_dtype, memory_format_for
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.results import Result
 from cnnlab.runtime import pick_device
@@ -21,7 +21,7 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
     data = load_prepared(prepared_dir, ("test",))
     labels = data["test"][1]
     samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
     subject = analyses.Subject(name, model, models.spec(name), ckpt["classes"], test, labels, options,
                                autocast_dtype(ckpt.get("precision", "fp32"), device), ckpt.get("flip_tta", False),

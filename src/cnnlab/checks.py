@@ -2,7 +2,7 @@
 
 Plain Python only (no torch), so every stage can validate its params in milliseconds. A model's own
 options declare their checker in the constructor's signature, e.g.
-`hidden: Annotated[int, integer(1, 65536)] = 256` (see models.py).
+`hidden: Annotated[int, integer(1, 65536)] = 256` (see cnnlab/models/mlp.py).
 """
 
 from __future__ import annotations

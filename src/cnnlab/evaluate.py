@@ -9,7 +9,7 @@ import numpy as np
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
-from cnnlab.engine.inference import autocast_dtype, layout, score
+from cnnlab.engine.inference import autocast_dtype, memory_format_for, score
 from cnnlab.results import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
@@ -50,7 +50,7 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     device = pick_device("auto")
     model, ckpt = load_checkpoint(checkpoint_path, device, expected=name)
     data = load_prepared(prepared_dir, ("test",))
-    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, layout(model),
+    test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
     result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
                    flip=ckpt.get("flip_tta", False))

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from captum.attr import IntegratedGradients, Occlusion, Saliency
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -106,20 +107,17 @@ def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from captum.attr import IntegratedGradients
     return _pixels(IntegratedGradients(model).attribute(x, target=target, n_steps=16,
                                                         internal_batch_size=len(x) * 16))
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from captum.attr import Saliency
     return _pixels(Saliency(model).attribute(x.detach().requires_grad_(True), target=target, abs=True))
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """How much the class score drops when a patch (a seventh of the side, on a 7x7 grid) is set to
     the mean: positive where the evidence is."""
-    from captum.attr import Occlusion
     side = stride = max(2, x.shape[-1] // 7)
     with torch.no_grad():
         found = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(x.shape[1], side, side),

@@ -12,6 +12,7 @@ torch deprecates, is not used), checked to give the same outputs as the original
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from cnnlab.engine.batches import DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.datasets.folder import IMAGE_SUFFIXES, BadImage, decode_files, hidden
 from cnnlab.engine.inference import autocast_dtype, run
+from cnnlab.plumbing.outputs import write_atomically
 from cnnlab.runtime import pick_device
 
 
@@ -81,9 +83,7 @@ def export(checkpoint: str | Path, target: str | Path, tolerance: float = 1e-5) 
     generator = torch.Generator().manual_seed(0)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (torch.randn(2, *shape, generator=generator),), dynamic_shapes=({0: batch},))
-    from cnnlab.plumbing.outputs import write_atomically
     target = Path(target)
-    import warnings
     with warnings.catch_warnings():  # torch.export's own note about CPU weights, on every save: not ours to act on
         warnings.filterwarnings("ignore", message="No complete tensor found")
         write_atomically(target, lambda path: torch.export.save(program, str(path)))

@@ -75,8 +75,8 @@ CURVES = ["epoch", "train_loss", "val_loss", "val_accuracy", "train_accuracy"]
 def report_plots(analysis: dict) -> dict[str, dict]:
     """The tables analyses declare plotted in the report too (`"report": True`), with every model's curve."""
     plots = {}
-    for name, found in analysis.items():
-        for table_name, plot in found["metrics"].get("plots", {}).items():
+    for name, analyzed in analysis.items():
+        for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             if plot.get("report"):
                 frame = table(analysis, name, table_name)
                 plots.setdefault(table_name, {"title": plot["title"], "x": plot["x"], "y": plot["y"], "curves": {}})
@@ -108,10 +108,10 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
     scores: dict = {"test": {}}
     model_scores: dict = {}
     for row in summary.itertuples():
-        name, found = row.model, analysis[row.model]
+        name, analyzed = row.model, analysis[row.model]
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
-        for table_name, plot in found["metrics"].get("plots", {}).items():
+        for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             series = plot.get("series")  # one line per model, or per model and series (e.g. method)
             tables.setdefault(table_name, []).extend(
                 {"model": f"{name} {rec[series]}" if series else name, "x": rec[plot["x"]], "y": rec[plot["y"]],
@@ -122,9 +122,9 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
         scores["test"][name] = round(row.test_accuracy, 4)
         model_scores[name] = {"f1": round(row.test_macro_f1, 4), "val_acc": round(row.val_accuracy, 4),
-                              "train_s": round(row.train_seconds, 1), **found["metrics"].get("scores", {})}
-        for figure, source in found["metrics"].get("compared", {}).items():
-            figures[f"{name}_{figure}"] = found["figures"] / source
+                              "train_s": round(row.train_seconds, 1), **analyzed["metrics"].get("scores", {})}
+        for figure, source in analyzed["metrics"].get("compared", {}).items():
+            figures[f"{name}_{figure}"] = analyzed["figures"] / source
     figures["samples.png"] = paths.outputs("samples", root=root).figure
     return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "tables": tables,
             "confusion": confusion, "figures": figures}
@@ -148,10 +148,10 @@ def analysis_markdown(analysis: dict, data: dict | None, root: Path = Path("."))
     for table_name, plot in report_plots(analysis).items():
         lines += [f"![{plot['title']}]({_link(report.report_figures / f'{table_name}.png', root)})", "",
                   f"{plot['title'][0].upper()}{plot['title'][1:]}:", "", _markdown_table(side_by_side(plot)), ""]
-    for name, found in analysis.items():
+    for name, analyzed in analysis.items():
         lines += [f"### {name}", ""]
-        for section in found["metrics"].get("sections", []):
-            lines += section_lines(name, section, found, root)
+        for section in analyzed["metrics"].get("sections", []):
+            lines += section_lines(name, section, analyzed, root)
     if data:
         counts = pd.DataFrame(data["class_counts"])
         counts.insert(0, "class", data["classes"])
@@ -168,15 +168,15 @@ def side_by_side(plot: dict) -> pd.DataFrame:
     return frame
 
 
-def section_lines(name: str, section: dict, found: dict, root: Path, rows: int = 12) -> list[str]:
-    folder = _link(found["figures"], root)
+def section_lines(name: str, section: dict, analyzed: dict, root: Path, rows: int = 12) -> list[str]:
+    folder = _link(analyzed["figures"], root)
     lines = [f"#### {section['title']}", ""]
     lines += [paragraph + "\n" for paragraph in section["text"]]
     lines += [f"![{name} {Path(f).stem}]({folder}/{f})\n" for f in section["figures"]]
     if section["links"]:
         lines += ["All of them: " + ", ".join(f"[{Path(f).stem}]({folder}/{f})" for f in section["links"]) + ".\n"]
     for table_name in section["tables"]:
-        frame = pd.read_csv(found["tables"] / f"{table_name}.csv")
+        frame = pd.read_csv(analyzed["tables"] / f"{table_name}.csv")
         more = f" (first {rows} of {len(frame)} rows)" if len(frame) > rows else ""
         lines += ([f"Table {table_name}{more}:", ""] if more else []) + [_markdown_table(frame.head(rows)), ""]
     return lines

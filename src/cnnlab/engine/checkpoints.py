@@ -12,6 +12,7 @@ from torch import nn
 from cnnlab import CnnlabError
 from cnnlab.plumbing.timing import timed
 from cnnlab import models
+from cnnlab.engine.inference import memory_format_for
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -142,5 +143,4 @@ def load_checkpoint(path: str | Path, device: torch.device, expected: str | None
     model = models.build(ckpt["model"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], **ckpt["options"])
     model.load_state_dict(ckpt["state_dict"])
     # inference in the memory layout the model was trained and validated in
-    from cnnlab.engine.inference import layout
-    return model.to(device, memory_format=layout(model)).eval(), ckpt
+    return model.to(device, memory_format=memory_format_for(model)).eval(), ckpt

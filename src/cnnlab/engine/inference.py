@@ -48,7 +48,7 @@ def uses_channels_last(model: nn.Module, memory_format: str = "auto") -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def layout(model: nn.Module, memory_format: str = "auto") -> torch.memory_format:
+def memory_format_for(model: nn.Module, memory_format: str = "auto") -> torch.memory_format:
     return torch.channels_last if uses_channels_last(model, memory_format) else torch.contiguous_format
 
 

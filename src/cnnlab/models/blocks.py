@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.checks import number
@@ -13,7 +14,6 @@ Dropout = Annotated[float, number(0, 1, high_open=True)]
 
 def resize_input(module: nn.Module, inputs):
     """Forward pre-hook: resize each incoming batch to the module's `input_size`, on its device."""
-    import torch.nn.functional as F
     x, size = inputs[0], module.input_size
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)

@@ -124,7 +124,7 @@ def run(main, sweep: bool = True) -> None:
 
 
 def _is_the_script(main) -> bool:
-    """Whether `main` is the script Python was asked to run (`python stages/x.py`, `python -m
+    """Whether `main` is the script Python was asked to run (`python stages/train.py`, `python -m
     cnnlab.predict`) with nothing watching it: not a test, a notebook or `python -i`, nor under a
     profiler, debugger or coverage, which all need the process after the script returns."""
     script = getattr(sys.modules.get("__main__"), "__file__", None)

@@ -9,7 +9,7 @@ from torch import nn
 from cnnlab import CnnlabError, models
 from cnnlab.engine.checkpoints import (adapt_pretrained, count_parameters, fetch_pretrained, is_pretrained_name,
                                        load_weights, pretrained_weights)
-from cnnlab.engine.inference import layout
+from cnnlab.engine.inference import memory_format_for
 from cnnlab.runtime import check_memory
 
 
@@ -38,7 +38,7 @@ def build_model(name: str, options: dict, cfg: dict, info: dict, device: torch.d
     if cfg["freeze"]:
         freeze_all_but(model, spec.head)
     model = model.to(device)
-    return model.to(memory_format=layout(model, cfg["memory_format"])), info
+    return model.to(memory_format=memory_format_for(model, cfg["memory_format"])), info
 
 
 def start_from_imagenet(model: nn.Module, name: str, cfg: dict, info: dict) -> dict:

@@ -12,7 +12,7 @@ from cnnlab.plumbing.timing import timed
 from cnnlab.config.params import model_kwargs, train_config
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import checkpoint, count_parameters
-from cnnlab.engine.inference import autocast_dtype, layout
+from cnnlab.engine.inference import autocast_dtype, memory_format_for
 from cnnlab.results import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import environment, pick_device, seed_everything
@@ -32,7 +32,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     generator = seed_everything(cfg["seed"], deterministic_kernels=device.type != "cpu" or cfg["compile"])
     data = load_prepared(prepared_dir, ("train", "val"))
     model, info = build_model(name, options, cfg, data["info"], device, parallel.world_size())
-    memory_format = layout(model, cfg["memory_format"])
+    memory_format = memory_format_for(model, cfg["memory_format"])
     budget = DeviceBudget(device, params["data"]["max_device_bytes"])
     train, val = (DeviceSplit(*data[split], info["mean"], info["std"], device, memory_format, budget)
                   for split in ("train", "val"))

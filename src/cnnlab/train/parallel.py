@@ -10,7 +10,9 @@ import datetime
 import os
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cnnlab import CnnlabError
 
@@ -35,7 +37,6 @@ def shard() -> tuple[int, int]:
 def init(device_type: str) -> torch.device:
     """Join the process group torchrun set up (NCCL between GPUs, gloo between CPU processes); return
     this process's device."""
-    import torch.distributed as dist
     if device_type == "cuda":
         local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local >= gpus:  # NCCL takes one GPU per process: two ranks cannot share one
@@ -52,7 +53,6 @@ def init(device_type: str) -> torch.device:
 
 def finish() -> None:
     """Wait until every process has finished training, then leave the process group."""
-    import torch.distributed as dist
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -62,7 +62,6 @@ def wrap(model: nn.Module) -> nn.Module:
     """The module that steps: DDP around the model when there are several processes."""
     if world_size() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
     device = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -86,7 +85,6 @@ def my_part(images: int) -> torch.Tensor | None:
 def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each tensor summed across the processes, in place (as it is in one process)."""
     if world_size() > 1:
-        import torch.distributed as dist
         for tensor in tensors:
             dist.all_reduce(tensor)
     return tensors
@@ -96,7 +94,6 @@ def agree(stop: bool) -> bool:
     """Every process follows rank 0's early-stopping decision."""
     if world_size() == 1:
         return stop
-    import torch.distributed as dist
     decision = torch.tensor([int(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(decision, 0)
     return bool(decision.item())
