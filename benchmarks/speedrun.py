@@ -42,7 +42,7 @@ from cnnlab.config import params as params_mod
 from cnnlab.engine.batches import DeviceSplit
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
-from cnnlab.engine.inference import autocast_dtype, layout, score
+from cnnlab.engine.inference import autocast_dtype, memory_format_for, predict_split
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import environment, seed_everything
 from cnnlab.config.params import train_config
@@ -105,13 +105,13 @@ def cnnlab_speedrun(train: Data, test: Data, seed: int, params: dict) -> dict:
     mean, std = channel_stats(train[0].cpu())
     generator = seed_everything(seed)
     model = models.build("speedrun", 1, 10, train[0].shape[-1])
-    memory_format = layout(model, cfg["memory_format"])
+    memory_format = memory_format_for(model, cfg["memory_format"])
     model = model.to(device, memory_format=memory_format)
     train_split = DeviceSplit(*train, mean, std, device, memory_format)
     test_split = DeviceSplit(*test, mean, std, device, memory_format)
     result = fit(model, train_split, test_split, cfg, generator, label="speedrun")
     dtype = autocast_dtype(cfg["precision"], device)
-    return {"accuracy": score(model, test_split, 1000, dtype, keep=False).accuracy, "seconds": result["pass_seconds"],
+    return {"accuracy": predict_split(model, test_split, 1000, dtype, keep=False).accuracy, "seconds": result["pass_seconds"],
             "precision": str(dtype or torch.float32).removeprefix("torch.")}
 
 

@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import checkpoint, load_checkpoint
-from cnnlab.engine.inference import autocast_dtype, score
+from cnnlab.engine.inference import autocast_dtype, predict_split
 from cnnlab.models import build
 from cnnlab.prepare import channel_stats
 from cnnlab.runtime import seed_everything
@@ -38,7 +38,7 @@ def trained(limit: int | None, precision: str = "fp32") -> tuple[torch.nn.Module
 def test_data_lives_on_the_gpu_and_the_fit_learns():
     model, val = trained(None)
     assert val.on_device and val.images.is_cuda and val.labels.is_cuda
-    assert score(model, val, 100, keep=False).accuracy > 0.9
+    assert predict_split(model, val, 100, keep=False).accuracy > 0.9
 
 
 def test_images_over_the_budget_stay_in_pinned_host_memory_with_the_same_result():
@@ -53,7 +53,7 @@ def test_images_over_the_budget_stay_in_pinned_host_memory_with_the_same_result(
 def test_mixed_precision_trains(precision):
     assert autocast_dtype("auto", CUDA) in (torch.bfloat16, torch.float16)
     model, val = trained(None, precision)
-    assert score(model, val, 100, autocast_dtype(precision, CUDA), keep=False).accuracy > 0.9
+    assert predict_split(model, val, 100, autocast_dtype(precision, CUDA), keep=False).accuracy > 0.9
 
 
 def test_a_gpu_checkpoint_loads_on_the_cpu_and_predicts_the_same(tmp_path):
@@ -64,5 +64,5 @@ def test_a_gpu_checkpoint_loads_on_the_cpu_and_predicts_the_same(tmp_path):
                                             "image_size": 28, "mean": stats[0], "std": stats[1]}), tmp_path / "c.pt")
     cpu_model, _ = load_checkpoint(tmp_path / "c.pt", torch.device("cpu"), expected="cnn")
     cpu_val = split(200, 2, torch.device("cpu"))
-    gpu_predicted = score(model, val, 100).predicted
-    assert (score(cpu_model, cpu_val, 100).predicted == gpu_predicted).float().mean() > 0.99
+    gpu_predicted = predict_split(model, val, 100).predicted
+    assert (predict_split(cpu_model, cpu_val, 100).predicted == gpu_predicted).float().mean() > 0.99

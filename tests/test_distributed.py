@@ -159,7 +159,8 @@ def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_nothing(tmp_path):
 RANKS_THAT_WRITE = """
 import os, sys, time
 from pathlib import Path
-from cnnlab.plumbing.stage import launcher, outputs as staged_outputs, run as run_stage
+from cnnlab.plumbing.stage import outputs as staged_outputs, run as run_stage
+from cnnlab.plumbing.torchrun import launcher
 
 def main():
     if os.environ["RANK"] == "0":

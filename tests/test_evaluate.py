@@ -4,14 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.engine.batches import DeviceSplit
-from cnnlab.evaluate import scores
-from cnnlab.engine.inference import score
+from cnnlab.evaluate import class_metrics
+from cnnlab.engine.inference import predict_split
 
 
 def test_scores_on_a_hand_worked_example():
     actual = np.array([0, 0, 1, 1, 2, 2])
     predicted = np.array([0, 1, 1, 1, 2, 0])
-    overall, rows = scores(actual, predicted, ["a", "b", "c"])
+    overall, rows = class_metrics(actual, predicted, ["a", "b", "c"])
     assert overall["accuracy"] == pytest.approx(4 / 6)
     # precision: a 1/2, b 2/3, c 1/1; recall: a 1/2, b 2/2, c 1/2
     assert overall["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
@@ -23,7 +23,7 @@ def test_scores_on_a_hand_worked_example():
 
 
 def test_a_class_never_predicted_scores_zero_not_nan():
-    overall, rows = scores(np.array([0, 1, 2]), np.array([0, 1, 1]), ["a", "b", "c"])
+    overall, rows = class_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), ["a", "b", "c"])
     assert rows[2]["precision"] == 0.0 and rows[2]["f1"] == 0.0
     assert not np.isnan(overall["macro_f1"])
 
@@ -34,7 +34,7 @@ def test_predict_matches_a_direct_forward_pass():
     labels = torch.randint(0, 3, (37,))
     data = DeviceSplit(images, labels, [0.5], [0.25], torch.device("cpu"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    result = score(model, data, batch_size=10)
+    result = predict_split(model, data, batch_size=10)
     x = (images.float() / 255 - 0.5) / 0.25
     logits = model(x)
     assert np.array_equal(result.predicted.numpy(), logits.argmax(1).numpy())
@@ -59,10 +59,10 @@ def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
         with torch.no_grad():
             return (model(x) + model(x.flip(-1))) / 2
 
-    flipped = score(model, data, batch_size=16, flip=True)
+    flipped = predict_split(model, data, batch_size=16, flip=True)
     assert flipped.loss == pytest.approx(F.cross_entropy(mean_logits(images), labels).item(), rel=1e-5)
     assert torch.allclose(flipped.probabilities, F.softmax(mean_logits(images), 1), atol=1e-6)
-    assert not torch.allclose(flipped.probabilities, score(model, data, batch_size=16).probabilities, atol=1e-4)
+    assert not torch.allclose(flipped.probabilities, predict_split(model, data, batch_size=16).probabilities, atol=1e-4)
     # the checkpoint carries the choice, so the evaluate stage predicts as validation did
     splits = prepare((images, labels), (images[:30], labels[:30]), ("a", "b", "c"),
                      {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.25,
@@ -87,7 +87,7 @@ def test_scores_match_scikit_learn():
     predicted = np.where(rng.random(300) < 0.6, actual, rng.integers(0, 4, 300))  # class 4 never predicted
     actual[actual == 3] = 2  # class 3 never present
     classes = list("abcde")
-    overall, rows = scores(actual, predicted, classes)
+    overall, rows = class_metrics(actual, predicted, classes)
     labels = list(range(5))
     per_class = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
     macro = precision_recall_fscore_support(actual, predicted, labels=labels, average="macro", zero_division=0)

@@ -9,7 +9,7 @@ import numpy as np
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.figures import confusion_figure
-from cnnlab.engine.inference import autocast_dtype, memory_format_for, score
+from cnnlab.engine.inference import autocast_dtype, memory_format_for, predict_split
 from cnnlab.results import Result
 from cnnlab.prepare import load_prepared
 from cnnlab.runtime import device_name, pick_device
@@ -20,7 +20,7 @@ def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int
     return np.bincount(actual * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def scores(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tuple[dict, list[dict]]:
+def class_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tuple[dict, list[dict]]:
     """(overall metrics, one row per class): precision, recall and F1 as scikit-learn's
     precision_recall_fscore_support defines them with zero_division=0 (tests/test_evaluate.py
     compares the two). Computed from the confusion matrix here: importing scikit-learn would
@@ -52,11 +52,11 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     data = load_prepared(prepared_dir, ("test",))
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
-    result = score(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
+    result = predict_split(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
                    flip=ckpt.get("flip_tta", False))
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]
-    overall, per_class = scores(actual, predicted, classes)
+    overall, per_class = class_metrics(actual, predicted, classes)
     matrix = confusion_matrix(actual, predicted, len(classes))
     metrics = {**overall, "loss": result.loss, "test_images": int(len(actual)),
                "device": device.type, "device_name": device_name(device)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab import figures
-from cnnlab.engine.inference import score
+from cnnlab.engine.inference import predict_split
 
 TITLE = "Most confident mistakes"
 
@@ -19,7 +19,7 @@ def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list
 
 
 def run(s, findings, section) -> None:
-    probs = score(s.model, s.test, s.options["batch_size"], s.dtype, flip=s.flip).probabilities
+    probs = predict_split(s.model, s.test, s.options["batch_size"], s.dtype, flip=s.flip).probabilities
     mistakes = most_confused(probs, s.labels, s.options["top_confused"])
     if not mistakes:
         section["text"].append("No test image is misclassified.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.augment import salt_and_pepper
-from cnnlab.engine.inference import score
+from cnnlab.engine.inference import predict_split
 
 TITLE = "Robustness to noise"
 PLOTS = {"noise": {"x": "noise", "y": "accuracy", "title": "test accuracy under salt-and-pepper noise",
@@ -18,7 +18,7 @@ def accuracy_under_noise(model, test, levels: list[float], batch_size: int, seed
     result = {}
     for level in levels:
         noisy = salt_and_pepper(test.images.cpu(), level, torch.Generator().manual_seed(seed))
-        result[f"{level:g}"] = score(model, test.with_images(noisy), batch_size, dtype, keep=False, flip=flip).accuracy
+        result[f"{level:g}"] = predict_split(model, test.with_images(noisy), batch_size, dtype, keep=False, flip=flip).accuracy
     return result
 
 

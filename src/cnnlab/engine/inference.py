@@ -68,15 +68,15 @@ def run(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype
 
 
 @dataclass
-class Scores:
+class SplitPredictions:
     loss: float               # mean cross-entropy
     accuracy: float
     predicted: torch.Tensor   # class per image, on the CPU
     probabilities: torch.Tensor  # softmax per image, on the CPU
 
 
-def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-          keep: bool = True, flip: bool = False) -> Scores:
+def predict_split(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
+          keep: bool = True, flip: bool = False) -> SplitPredictions:
     """Cross-entropy and accuracy over a split (the test set, an analysis's images); with `keep`, also
     every prediction and its probabilities. `flip`: as `run`. Training validates with its own loss
     (cnnlab.train.loop.evaluate)."""
@@ -90,7 +90,7 @@ def score(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dty
             predicted.append(logits.argmax(1))
             probabilities.append(F.softmax(logits, 1))
     empty = torch.empty(0)
-    return Scores(loss_sum.item() / len(data), correct.item() / len(data),
+    return SplitPredictions(loss_sum.item() / len(data), correct.item() / len(data),
                   torch.cat(predicted).cpu() if keep else empty, torch.cat(probabilities).cpu() if keep else empty)
 
 
