@@ -30,6 +30,11 @@ def main():
         tables.mkdir()
         for name, rows in compared["tables"].items():
             write_csv(tables / f"{name}.csv", rows)
+        out.csv(target.watch_curves, compared["watch_curves"])
+        watch = out.path(target.watch)
+        watch.mkdir()
+        for name, folder in compared["watch"].items():
+            shutil.copytree(folder, watch / name)
         figures = out.path(target.figures)
         figures.mkdir()
         for name, source in compared["figures"].items():

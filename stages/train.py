@@ -10,6 +10,7 @@ from pathlib import Path
 from cnnlab.plumbing import stage, torchrun  # first: the plumbing notes the parent process
 from cnnlab.config import params, paths
 from dvclive import Live
+from PIL import Image
 from cnnlab.config.params import train_config
 from cnnlab.results import write_result
 from cnnlab.train import parallel
@@ -31,10 +32,14 @@ def main():
     resume = Path(paths.RESUME.format(model=name))
     with Live(dir=paths.LIVE.format(model=name), save_dvc_exp=False, dvcyaml=None, report=None) \
             if lead else nullcontext() as live:
-        def log(record: dict) -> None:
-            for key in LIVE_KEYS:
-                live.log_metric(key, record[key])
-            live.next_step()
+        def log(row: dict | None, watched: dict | None) -> None:
+            if watched is not None:  # <kind>/<epoch>.png: a step slider in VS Code and DVC Studio
+                for kind, image in watched["images"].items():
+                    live.log_image(f"{kind}/{watched['epoch']}.png", Image.fromarray(image.numpy()))
+            if row is not None:
+                for key in LIVE_KEYS:
+                    live.log_metric(key, row[key])
+                live.next_step()
 
         result = train_model(name, stage_params, paths.PREPARED, log if lead else None, resume)
     if not lead:

@@ -15,6 +15,7 @@ MODELS = ["mlp", "cnn", "lenet"]
 NOISE_CHART = "plots/compare/tables/noise.csv"  # the noise analysis's declared plot, drawn for every model
 # the explanations analysis's: one line per model and attribution method
 EXPLANATION_CHARTS = {"plots/compare/tables/deletion.csv", "plots/compare/tables/insertion.csv"}
+WATCH_CHARTS = {"deletion_auc_while_learning", "silhouette_while_learning"}  # train.watch's curves, per epoch
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,10 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
             rows = list(csv.DictReader(stream))
         assert list(rows[0])[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
         assert len(rows) == train["epochs_run"]
+        with open(root / f"plots/watch/{model}/curves.csv") as stream:  # step 0 and every epoch, once
+            assert [int(r["epoch"]) for r in csv.DictReader(stream)] == list(range(train["epochs_run"] + 1))
+        first, last = (root / f"plots/watch/{model}/filters/{step}.png" for step in (0, train["epochs_run"]))
+        assert first.read_bytes() != last.read_bytes()  # the filters changed as it learned
         with open(root / f"plots/confusion/{model}.csv") as stream:
             assert sum(int(r["count"]) for r in csv.DictReader(stream)) == 300  # every test image counted once
         assert (root / f"plots/evaluate/{model}_confusion.png").stat().st_size > 1000
@@ -94,7 +99,7 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
     dvc(project, "plots", "show", "-o", "dvc_plots")
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "<script src" not in page and "cdn.jsdelivr" not in page  # nothing to fetch: renders offline
-    assert page.count("vegaEmbed(") == 9  # the nine charts, each rendered by the inlined Vega-Embed
+    assert page.count("vegaEmbed(") == 11  # the eleven charts, each rendered by the inlined Vega-Embed
 
 
 def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions: list[str]) -> None:
@@ -103,7 +108,7 @@ def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions
     plots = shown["data"]
     charts = {name: items for name, items in plots.items() if items[0]["type"] == "vega"}
     assert set(charts) == {"val_accuracy", "train_loss", "val_loss", "step_loss", "step_accuracy",
-                           NOISE_CHART, "confusion"} | EXPLANATION_CHARTS
+                           NOISE_CHART, "confusion", *WATCH_CHARTS} | EXPLANATION_CHARTS
     for name in EXPLANATION_CHARTS:
         values = charts.pop(name)[0]["content"]["data"]["values"]
         assert {(row["rev"], row["model"].split()[0]) for row in values} == {(rev, m) for rev in revisions for m in models}
@@ -116,6 +121,14 @@ def assert_every_chart_has_every_model(shown: dict, models: list[str], revisions
     for model in models:
         assert f"{model}_tsne.png" in images, images
         assert (f"{model}_gradcam.png" in images) == (model != "mlp"), images
+    for name in WATCH_CHARTS:  # one point per model per step, the untrained network's included
+        values = plots[name][0]["content"]["data"]["values"]
+        assert sorted(int(row["epoch"]) for row in values if row["model"] == models[0] and row["rev"] == revisions[0]) \
+            == list(range(len(values) // (len(models) * len(revisions))))
+    watched = {name.split("plots/compare/watch/", 1)[1] for name in plots if name.startswith("plots/compare/watch/")}
+    for model in models:  # a step slider per model and picture: <model>_<kind>/<step>.png
+        steps = {name.rsplit("/", 1)[1] for name in watched if name.startswith(f"{model}_attributions/")}
+        assert steps and steps == {f"{step}.png" for step in range(len(steps))}, watched
 
 
 @pytest.mark.slow

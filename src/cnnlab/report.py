@@ -15,7 +15,7 @@ from cnnlab.config import paths
 # What the report reads, by stage and output role (paths.OUTPUTS): dvc.yaml's deps of the report stage
 # are the folders holding these (tests/test_dvc_yaml.py checks it).
 READS = {
-    "train": ("metrics", "history", "steps"),
+    "train": ("metrics", "history", "steps", "watch"),
     "evaluate": ("metrics", "per_class", "confusion"),
     "analyze": ("metrics", "tables", "figures"),
     "samples": ("data", "figure"),
@@ -103,7 +103,7 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
     the other few numbers people compare (those the analyses declare among them), one small file per
     model; figures: those the analyses declare compared across runs, and the samples.
     """
-    epochs, steps, confusion, figures = [], [], [], {}
+    epochs, steps, confusion, figures, watch_curves, watch = [], [], [], {}, [], {}
     tables: dict[str, list[dict]] = {}
     scores: dict = {"test": {}}
     model_scores: dict = {}
@@ -111,6 +111,9 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         name, analyzed = row.model, analysis[row.model]
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
+        watched = paths.outputs("train", name, root).watch
+        watch_curves += _rows(pd.read_csv(watched / "curves.csv"), name, ["epoch", "deletion_auc", "silhouette"])
+        watch.update({f"{name}_{kind.name}": kind for kind in sorted(watched.iterdir()) if kind.is_dir()})
         for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             series = plot.get("series")  # one line per model, or per model and series (e.g. method)
             tables.setdefault(table_name, []).extend(
@@ -127,7 +130,7 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
             figures[f"{name}_{figure}"] = analyzed["figures"] / source
     figures["samples.png"] = paths.outputs("samples", root=root).figure
     return {"scores": scores, "model_scores": model_scores, "epochs": epochs, "steps": steps, "tables": tables,
-            "confusion": confusion, "figures": figures}
+            "confusion": confusion, "figures": figures, "watch_curves": watch_curves, "watch": watch}
 
 
 def read_data_summary(root: Path = Path(".")) -> dict:
@@ -180,6 +183,30 @@ def section_lines(name: str, section: dict, analyzed: dict, root: Path, rows: in
         more = f" (first {rows} of {len(frame)} rows)" if len(frame) > rows else ""
         lines += ([f"Table {table_name}{more}:", ""] if more else []) + [_markdown_table(frame.head(rows)), ""]
     return lines
+
+
+def learning_markdown(models: list[str], root: Path = Path(".")) -> list[str]:
+    """Each model as it learned: its pictures before training, after the first epoch and after the last
+    (train.watch), and how its two watched curves moved."""
+    lines = []
+    for name in models:
+        watched = paths.outputs("train", name, root).watch
+        curves = pd.read_csv(watched / "curves.csv")
+        if curves.empty:
+            continue
+        first, last = curves.iloc[0], curves.iloc[-1]
+        lines += [f"### {name}", "",
+                  f"Deletion AUC of the watched attribution maps {first['deletion_auc']:.3f} before training, "
+                  f"{last['deletion_auc']:.3f} after epoch {int(last['epoch'])} (lower: the maps point at the "
+                  f"pixels the prediction needs); silhouette of the embedding {first['silhouette']:.3f}, then "
+                  f"{last['silhouette']:.3f}.", ""]
+        shown = sorted({0, min(1, int(last["epoch"])), int(last["epoch"])})
+        for kind in sorted(p for p in watched.iterdir() if p.is_dir()):
+            lines += [f"{kind.name.replace('_', ' ')}, at steps {', '.join(map(str, shown))}:", "",
+                      " ".join(f"![{name} {kind.name} at step {step}]({_link(kind / f'{step}.png', root)})"
+                               for step in shown), ""]
+    return ["## As they learned", "", "Step 0 is the untrained network; step N, after epoch N. "
+            "`dvc plots show` has every step, with a slider in VS Code's DVC extension.", "", *lines] if lines else []
 
 
 def _counts(mapping: dict) -> str:
@@ -250,6 +277,7 @@ def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict 
     ]
     for name in summary["model"]:
         lines += [f"### {name}", "", f"![{name} confusion matrix]({_link(paths.outputs('evaluate', name, root).confusion_figure, root)})", ""]
+    lines += learning_markdown(list(summary["model"]), root)
     lines += ["## Per-class recall (test set)", ""]
     recall = pd.DataFrame({name: table.set_index("class")["recall"].map(lambda v: f"{v:.2%}")
                            for name, table in per_class.items()})

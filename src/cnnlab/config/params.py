@@ -43,6 +43,7 @@ _augment.json_schema = {"type": ["object", "null"], "additionalProperties": Fals
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+WATCH_METHODS = ("integrated_gradients", "input_gradients", "occlusion", "gradcam", "guided_gradcam")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
@@ -96,6 +97,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "resume": checks.boolean,
         "nproc": checks.integer(1, 1024),
         "sync_batchnorm": checks.boolean,
+        "watch": checks.boolean,
+        "watch_method": checks.choice(*WATCH_METHODS),
     },
     "evaluate": {
         "batch_size": checks.integer(1, MAX_BATCH),

@@ -18,6 +18,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "metrics": "metrics/train/{model}.json",
         "history": "plots/train/{model}.csv",
         "steps": "plots/steps/{model}.csv",
+        "watch": "plots/watch/{model}",     # <kind>/<epoch>.png and curves.csv: the model as it learned
     },
     "evaluate": {
         "metrics": "metrics/test/{model}.json",
@@ -50,6 +51,8 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "confusion": "plots/compare/confusion.csv",
         "tables": "plots/compare/tables",     # each plotted analysis table, every model in one file
         "figures": "plots/compare/figures",
+        "watch_curves": "plots/compare/watch.csv",  # every model's curves.csv, with a model column
+        "watch": "plots/compare/watch",       # every model's pictures: <model>_<kind>/<epoch>.png
     },
 }
 

@@ -11,7 +11,7 @@ from cnnlab import CnnlabError
 
 def new_record() -> dict:
     """A fit's record before its first epoch (a resumed fit continues its snapshot's)."""
-    return {"history": [], "steps": [], "stopped_early": False, "train_seconds": 0.0, "pass_seconds": 0.0}
+    return {"history": [], "steps": [], "watch": [], "stopped_early": False, "train_seconds": 0.0, "pass_seconds": 0.0}
 
 
 def batch_sizes(images: int, batch_size: int) -> list[int]:
@@ -46,9 +46,20 @@ def check_finite(label: str, epoch: int, losses: torch.Tensor, val_loss: float) 
                           f"lower the learning rate or check the data")
 
 
-def report(label: str, row: dict, progress: bool, on_epoch) -> None:
+def replay(record: dict, on_epoch) -> None:
+    """`on_epoch` for the model before training and every epoch already in the record."""
+    if on_epoch is None:
+        return
+    watched = record["watch"]
+    if watched:
+        on_epoch(None, watched[0])
+    for i, row in enumerate(record["history"], start=1):
+        on_epoch(row, watched[i] if i < len(watched) else None)
+
+
+def report(label: str, row: dict, watched: dict | None, progress: bool, on_epoch) -> None:
     if on_epoch is not None:
-        on_epoch(row)
+        on_epoch(row, watched)
     if progress:
         print(f"{label} epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} "
               f"| val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}", flush=True)

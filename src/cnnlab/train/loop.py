@@ -61,9 +61,10 @@ def evaluate(model, loss_function, data, cfg):
 # ---------------------------------------------------------------------------------------------
 
 
-def fit(model, train, val, cfg, generator, label="model", on_epoch=None, resume=None):
+def fit(model, train, val, cfg, generator, label="model", on_epoch=None, resume=None, watch=None):
     """Train for `epochs`, stop when the validation loss has not improved for `patience` epochs, and
-    leave the best epoch's weights in the model. Returns its record: history, steps and totals."""
+    leave the best epoch's weights in the model. Returns its record: history, steps and totals.
+    `watch(model, epoch)`, when given, pictures the model before training and after every epoch."""
     loss_function = losses.function(cfg["loss"])
     dtype = autocast_dtype(cfg["precision"], train.device)
     generators = (generator, augment.generator(cfg, train.device, parallel.rank()))
@@ -78,6 +79,10 @@ def fit(model, train, val, cfg, generator, label="model", on_epoch=None, resume=
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "stopper": stopper,
              "generators": generators}
     record = resume.load(state, label) if resume else history.new_record()
+    if watch and not record["watch"]:
+        record["watch"].append(watch(model, 0))
+    if parallel.is_lead():  # what is already known, again: a resumed fit's live log starts afresh
+        history.replay(record, on_epoch)
     for epoch in range(len(record["history"]) + 1, cfg["epochs"] + 1):
         if record["stopped_early"]:
             break  # resumed after the epoch that stopped it
@@ -97,9 +102,11 @@ def fit(model, train, val, cfg, generator, label="model", on_epoch=None, resume=
         history.check_finite(label, epoch, step_losses, row["val_loss"])
         record["stopped_early"] = parallel.agree(stopper.update(epoch, row["val_loss"], model))
         record["train_seconds"] += time.perf_counter() - started
+        if watch:
+            record["watch"].append(watch(model, epoch))
         if resume:  # before anything is reported: a reported epoch is a saved one
             resume.save(state, record)
         if parallel.is_lead():
-            history.report(label, row, cfg["progress"], on_epoch)
+            history.report(label, row, record["watch"][-1] if watch else None, cfg["progress"], on_epoch)
     stopper.restore(model)
     return history.summary(record, stopper.best_epoch, stopper.best_loss, len(train))

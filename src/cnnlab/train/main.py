@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from cnnlab import models
+from cnnlab.plumbing.outputs import write_csv
 from cnnlab.plumbing.timing import timed
 from cnnlab.config.params import model_kwargs, train_config
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
@@ -20,6 +22,18 @@ from cnnlab.train import parallel
 from cnnlab.train.build import build_model
 from cnnlab.train.loop import fit
 from cnnlab.train.resume import Resume, fingerprint
+from cnnlab.train.watch import Watch
+
+
+def write_watch(folder: Path, watched: list[dict]) -> None:
+    """<kind>/<epoch>.png for every picture (a step slider in DVC's plots), and curves.csv."""
+    folder.mkdir()
+    for snapshot in watched:
+        for kind, image in snapshot["images"].items():
+            (folder / kind).mkdir(exist_ok=True)
+            Image.fromarray(image.numpy()).save(folder / kind / f"{snapshot['epoch']}.png")
+    write_csv(folder / "curves.csv", [{k: s[k] for k in ("epoch", "deletion_auc", "silhouette")} for s in watched],
+              ["epoch", "deletion_auc", "silhouette"])
 
 
 def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resume_path: Path | None = None) -> Result:
@@ -42,8 +56,9 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     # a snapshot holds one process's random state: a data-parallel fit is not resumed
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] and parallel.world_size() == 1 else None
+    watch = Watch(name, val, len(info["classes"]), cfg["watch_method"], cfg["seed"]) if cfg["watch"] else None
     with timed("fit"):
-        result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume)
+        result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume, watch=watch)
     if parallel.world_size() > 1:
         parallel.finish()  # every process has finished before rank 0 writes anything
     dtype = autocast_dtype(cfg["precision"], device)
@@ -68,4 +83,5 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     saved = checkpoint(name, model, options, info, trained_in, cfg["flip_tta"])
     return Result(json={"metrics": metrics}, tables={"history": result["history"], "steps": result["steps"]},
-                  files={"checkpoint": lambda path: torch.save(saved, path)})
+                  files={"checkpoint": lambda path: torch.save(saved, path),
+                         "watch": lambda path: write_watch(path, result["watch"])})
