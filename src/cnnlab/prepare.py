@@ -15,7 +15,7 @@ import torch
 
 from cnnlab import CnnlabError, timed
 
-CHUNK_BYTES = 32 * 2**20  # image bytes read, hashed, counted or written at a time
+CHUNK_BYTES = 8 * 2**20  # image bytes read, hashed, counted or written at a time
 
 
 class Picked:

@@ -454,6 +454,13 @@ def scratch_images(where: Path, shape: tuple[int, ...]):
         return torch.from_numpy(np.memmap(file, dtype=np.uint8, mode="w+", shape=shape))
 
 
+def in_waves(pool, jobs: list, wave: int):
+    """The decoded chunks in order, at most `wave` jobs in flight: imap alone takes in every chunk as
+    the workers finish it, however far ahead of the parent's writing they run."""
+    for start in range(0, len(jobs), wave):
+        yield from pool.imap(_decode_job, jobs[start:start + wave])
+
+
 def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     """Decode one split on every core (a pool of worker processes, each a chunk of files at a time)
     into a memory map on disk beside data/raw, so a folder larger than memory decodes, with a
@@ -475,9 +482,10 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
     jobs = [([file for file, _ in files[i:i + chunk]], mode, image_size) for i in range(0, len(files), chunk)]
     # fork: workers start at once and only use PIL and numpy, never torch
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(min(workers(), max(1, len(jobs))), initializer=_quiet_worker) as pool, \
+    processes = min(workers(), max(1, len(jobs)))
+    with context.Pool(processes, initializer=_quiet_worker) as pool, \
             tqdm(total=len(files), desc=f"decoding {split} images", unit="image", disable=None, leave=False) as bar:
-        for i, (array, problem) in enumerate(pool.imap(_decode_job, jobs)):
+        for i, (array, problem) in enumerate(in_waves(pool, jobs, 2 * processes)):
             if problem:
                 path, why, fix = problem
                 raise CnnlabError(f"{original(found, folder / split, split, path)}: {why}; {fix}, then run "
