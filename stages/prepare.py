@@ -1,8 +1,9 @@
-"""Decode data/raw to uint8 tensors, subsample, split off validation, compute statistics."""
+"""Decode data/raw to uint8 images, subsample, split off validation, compute statistics; write each split
+as .npy files a chunk at a time."""
 from cnnlab.plumbing import stage  # first: the plumbing notes the parent process
 from cnnlab.config import params, paths
 from cnnlab.datasets import DATASETS, formats as datasets
-from cnnlab.prepare import prepare, save_prepared
+from cnnlab.prepare import save_prepared, select_splits
 
 
 def main():
@@ -10,7 +11,7 @@ def main():
     name, size = loaded["data"]["dataset"], loaded["data"]["image_size"]
     params.require_choice("data.dataset", name, DATASETS)
     train, test, classes, val = datasets.decode_all(name, paths.RAW, size)
-    splits = prepare(train, test, classes, loaded["prepare"], val)
+    splits = select_splits(train, test, classes, loaded["prepare"], val)
     splits["info"]["dataset"] = name
     with stage.outputs() as out:
         save_prepared(splits, out.path(paths.PREPARED))

@@ -265,7 +265,7 @@ def test_sixteen_bit_images_are_rescaled_not_clipped(tmp_path):
     project = folder_project(tmp_path, base)
     assert run(project, "stages/download.py").returncode == 0
     assert run(project, "stages/prepare.py").returncode == 0
-    images = torch.load(project / "data" / "prepared" / "test.pt", weights_only=True)["images"]
+    images = torch.from_numpy(np.load(project / "data" / "prepared" / "test_images.npy"))
     assert images[3].float().mean().item() == pytest.approx(128, abs=1)  # test/a: 0.png 1.png 2.png deep.png
 
 
@@ -295,13 +295,14 @@ def test_a_model_too_large_for_memory_is_one_line(prepared, tmp_path):
 
 
 def test_a_folder_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
+    """Decoding goes to a memory map on disk (memory is no limit): the disk's free space is checked."""
+    import shutil
     from cnnlab import CnnlabError
     from cnnlab.datasets import formats
-    import cnnlab.runtime
     base = image_folder(tmp_path / "imgs")
     formats.fetch("folder", tmp_path / "raw", path=str(base))
-    monkeypatch.setattr(cnnlab.runtime, "available_bytes", lambda device=None: 1000)
-    with pytest.raises(CnnlabError, match=r"decoding 12 train images at data.image_size 32 needs 0.0 GiB but only"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(CnnlabError, match=rf"{tmp_path}: decoding needs 0.0 GiB of disk but only 0.0 GiB is free"):
         formats.load_split("folder", tmp_path / "raw", "train", 32)
 
 

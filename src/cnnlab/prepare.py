@@ -8,12 +8,52 @@ and test never leak into the normalisation).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from cnnlab import CnnlabError
 from cnnlab.plumbing.timing import timed
+
+CHUNK_BYTES = 8 * 2**20  # image bytes read, hashed, counted or written at a time
+
+
+class Picked:
+    """Images chosen by index from a source (decoded images, a memory map of them), gathered only
+    when read: prepare selects its splits without copying them, and save_prepared writes them a
+    chunk at a time. Indexing it picks a subset, as indexing a tensor would."""
+
+    def __init__(self, source: torch.Tensor, index: torch.Tensor | None = None):
+        self.source = source
+        self.index = torch.arange(len(source)) if index is None else index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, keep) -> "Picked":
+        return Picked(self.source, self.index[keep])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.source.shape[1:]))
+
+    def dim(self) -> int:
+        return self.source.dim()
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.source.index_select(0, self.index[start:stop])
+
+    def tensor(self) -> torch.Tensor:
+        """Every picked image in one tensor (small data: tests, benchmarks)."""
+        return self.rows(0, len(self))
+
+
+def chunks(images):
+    """(start, uint8 images) for consecutive blocks of about CHUNK_BYTES of a tensor or of Picked images."""
+    size = max(1, CHUNK_BYTES // max(1, math.prod(images.shape[1:])))
+    for start in range(0, len(images), size):
+        yield start, images.rows(start, start + size) if isinstance(images, Picked) else images[start:start + size]
 
 
 def stratified_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, what: str, names=None):
@@ -98,14 +138,40 @@ def stratified_split(labels: torch.Tensor, val_fraction: float | int, seed: int,
     return torch.from_numpy(train_idx).sort().values, torch.from_numpy(val_idx).sort().values
 
 
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, on the 0..1 scale: one channel at a time, scaled in
-    place, so the peak is one float64 copy of one channel (8 bytes a pixel), not of the whole split twice."""
+EXACT_STATS_PIXELS = 2**27  # pixels per channel up to which channel_stats reduces in float64 (1 GiB)
+
+
+def channel_stats(images) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale. Up to EXACT_STATS_PIXELS a
+    channel: torch's float64 mean and std of the channel, one channel at a time (8 bytes a pixel of one
+    channel at the peak). Beyond: the same statistics from each channel's exact histogram, counted a
+    chunk at a time (equal to about 1e-9; a size rule, never a memory one, so a dataset gets the same
+    numbers on every machine)."""
+    pixels_per_channel = len(images) * images.shape[-1] * images.shape[-2]
+    if pixels_per_channel > EXACT_STATS_PIXELS:
+        return histogram_stats(images)
     mean, std = [], []
     for channel in range(images.shape[1]):
-        pixels = images[:, channel].reshape(1, -1).double().div_(255.0)
+        plane = torch.cat([part[:, channel].reshape(-1) for _, part in chunks(images)]) if len(images) else \
+            torch.zeros(0, dtype=torch.uint8)
+        pixels = plane.reshape(1, -1).double().div_(255.0)
         mean.append(pixels.mean(dim=1).item())
         std.append(pixels.std(dim=1).item())
+    return mean, std
+
+
+def histogram_stats(images) -> tuple[list[float], list[float]]:
+    """channel_stats from exact per-channel counts of each of the 256 values, read a chunk at a time."""
+    counts = torch.zeros(images.shape[1], 256, dtype=torch.long)
+    for _, part in chunks(images):
+        for channel in range(images.shape[1]):
+            counts[channel] += torch.bincount(part[:, channel].reshape(-1), minlength=256)
+    values = torch.arange(256, dtype=torch.long)
+    mean, std = [], []
+    for row in counts:
+        n, total, squares = int(row.sum()), int((row * values).sum()), int((row * values * values).sum())
+        mean.append(total / n / 255.0)
+        std.append(math.sqrt((squares * n - total * total) / (n * (n - 1))) / 255.0)  # integers: exact to here
     return mean, std
 
 
@@ -120,10 +186,10 @@ def check_shapes(train: torch.Tensor, test: torch.Tensor) -> None:
                           f"{tuple(test.shape[1:])}; both splits must have the same shape")
 
 
-def image_hashes(images: torch.Tensor) -> list[bytes]:
+def image_hashes(images) -> list[bytes]:
     import hashlib
-    rows = images.reshape(len(images), -1).numpy()
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            for _, part in chunks(images) for row in part.reshape(len(part), -1).numpy()]
 
 
 def drop_duplicates(train: tuple, test: tuple) -> tuple[tuple, dict]:
@@ -216,11 +282,23 @@ def check_classes(train_labels: torch.Tensor, other: dict[str, torch.Tensor], cl
 
 def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options: dict, val: tuple | None = None,
             card: dict | None = None) -> dict:
-    """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}.
+    """select_splits with each split's images gathered into one tensor (small data: tests, benchmarks)."""
+    splits = select_splits(train, test, classes, options, val, card)
+    for name in SPLITS:
+        images, labels = splits[name]
+        splits[name] = (images.tensor(), labels)
+    return splits
+
+
+def select_splits(train: tuple, test: tuple | None, classes: tuple[str, ...], options: dict,
+                  val: tuple | None = None, card: dict | None = None) -> dict:
+    """Return {'train': (x, y), 'val': (x, y), 'test': (x, y), 'info': {...}}, each x Picked from the
+    decoded images (nothing copied: save_prepared writes them a chunk at a time).
     test None: the dataset comes as one set, and a seeded stratified `prepare.test_fraction` of it
     becomes the test split; val given: the dataset's own validation split, used instead of carving one.
     card: what download found and did (default: the card `classes` carries, see ClassNames), extended
     into info['card'] (see data_card)."""
+    train, test, val = (None if part is None else (Picked(part[0]), part[1]) for part in (train, test, val))
     if test is None:
         train, test = carve(train, options["test_fraction"], options["seed"], "prepare.test_fraction", classes)
     check_shapes(train[0], test[0])
@@ -245,9 +323,9 @@ def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options:
                                         classes)
     check_classes(train_y, {"validation": val[1], "test": test_y}, classes)
     splits = {
-        "train": (train_x.contiguous(), train_y.contiguous()),
-        "val": (val[0].contiguous(), val[1].contiguous()),
-        "test": (test_x.contiguous(), test_y.contiguous()),
+        "train": (train_x, train_y.contiguous()),
+        "val": (val[0], val[1].contiguous()),
+        "test": (test_x, test_y.contiguous()),
     }
     mean, std = channel_stats(splits["train"][0])
     if min(std) == 0:
@@ -270,24 +348,43 @@ def prepare(train: tuple, test: tuple | None, classes: tuple[str, ...], options:
 SPLITS = ("train", "val", "test")
 
 
+def split_files(folder, name: str) -> tuple[Path, Path]:
+    """A prepared split's two files: images uint8 [N, C, H, W] and labels int64 [N], numpy .npy."""
+    return Path(folder) / f"{name}_images.npy", Path(folder) / f"{name}_labels.npy"
+
+
 def save_prepared(splits: dict, folder) -> None:
+    """Each split's images written into a .npy memory map a chunk at a time (from a tensor or
+    Picked images), its labels whole, and info.json."""
+    import numpy as np
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         images, labels = splits[name]
-        torch.save({"images": images, "labels": labels}, folder / f"{name}.pt")
+        images_file, labels_file = split_files(folder, name)
+        out = np.lib.format.open_memmap(images_file, mode="w+", dtype=np.uint8, shape=tuple(images.shape))
+        for start, part in chunks(images):
+            out[start:start + len(part)] = part.numpy()
+        out.flush()
+        del out  # unmapped: written
+        np.save(labels_file, labels.numpy())
     (folder / "info.json").write_text(json.dumps(splits["info"], indent=2) + "\n")
 
 
 def load_prepared(folder, names=SPLITS) -> dict:
-    """{'info': {...}, <split>: (images, labels)} for the asked splits."""
+    """{'info': {...}, <split>: (images, labels)} for the asked splits, memory-mapped: a stage reads
+    (and the page cache holds) only the images it uses."""
+    import numpy as np
     folder = Path(folder)
     try:
         with timed("load"):
             result = {"info": json.loads((folder / "info.json").read_text())}
             for name in names:
-                blob = torch.load(folder / f"{name}.pt", weights_only=True)
-                result[name] = (blob["images"], blob["labels"])
+                images_file, labels_file = split_files(folder, name)
+                # copy-on-write: a tensor over the file without copying it (torch wants a writable
+                # array), and nothing written to it ever reaches the file
+                images = torch.from_numpy(np.load(images_file, mmap_mode="c", allow_pickle=False))
+                result[name] = (images, torch.from_numpy(np.load(labels_file, allow_pickle=False)))
     except FileNotFoundError as err:
         raise CnnlabError(f"{err.filename}: missing; run the prepare stage first (dvc repro prepare)") from None
     return result

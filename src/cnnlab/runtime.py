@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnlab import CnnlabError
@@ -14,22 +15,97 @@ if TYPE_CHECKING:  # imported where used: validating params and the report need 
     import torch
 
 
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge number (about 2**63, rounded to a page)
+
+
+def own_cgroups(root: Path = Path("/")) -> list[tuple[Path, Path]]:
+    """(the process's memory cgroup folder, its hierarchy's mount point) for cgroup v2 (the `0::` line
+    of /proc/self/cgroup) and v1 (the `memory` controller's line), found under their mount points in
+    /proc/self/mountinfo. `root` stands for / (tests pass a fake tree)."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+        mounts = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for mount in mounts:
+        fields = mount.split()
+        if " - " not in mount or len(fields) < 5:
+            continue
+        fstype, _, options = mount.split(" - ", 1)[1].split()[:3]
+        version = 2 if fstype == "cgroup2" else 1 if fstype == "cgroup" and "memory" in options.split(",") else 0
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if (version == 2 and controllers == "") or (version == 1 and "memory" in controllers.split(",")):
+                if path.startswith(fields[3]):  # a container's mount starts at its own cgroup
+                    path = path[len(fields[3]):]
+                top = root / fields[4].lstrip("/")
+                found.append((top / path.lstrip("/"), top))
+    return found
+
+
+def _cgroup_folders(root: Path) -> list[Path]:
+    """Every memory cgroup folder whose limit applies to this process: its own, then each parent up
+    to the mount point."""
+    folders = []
+    for own, top in own_cgroups(root):
+        folders += [own] + [parent for parent in own.parents if top in parent.parents or parent == top]
+    return folders
+
+
+def _read_number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _reclaimable(folder: Path) -> int:
+    """Page cache the kernel can drop rather than fail an allocation (inactive file pages)."""
+    try:
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+    except (OSError, ValueError):
+        return 0
+    return int(stat.get("inactive_file", stat.get("total_inactive_file", 0)))
+
+
+def cgroup_headroom(root: Path = Path("/")) -> int | None:
+    """Bytes this process may still allocate under the memory limits of its cgroup and the cgroups
+    above it (v2 memory.max less memory.current, v1 memory.limit_in_bytes less
+    memory.usage_in_bytes, less droppable page cache in both), or None when none sets a limit."""
+    headroom = None
+    for folder in _cgroup_folders(root):
+        for limit_file, usage_file in (("memory.max", "memory.current"),
+                                       ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            limit, usage = _read_number(folder / limit_file), _read_number(folder / usage_file)
+            if limit is None or usage is None or limit >= UNLIMITED:
+                continue
+            left = max(0, limit - max(0, usage - _reclaimable(folder)))
+            headroom = left if headroom is None else min(headroom, left)
+    return headroom
+
+
 def available_bytes(device=None) -> int:
-    """Memory free for new tensors: the GPU's on CUDA, the machine's otherwise."""
+    """Memory free for new tensors: the GPU's on CUDA; otherwise the machine's, or less where the
+    process's cgroup (a container's or a job scheduler's memory limit) allows less."""
     if device is not None and device.type == "cuda":
         import torch
         return torch.cuda.mem_get_info(device)[0]
     import psutil
-    return psutil.virtual_memory().available
+    free = psutil.virtual_memory().available
+    headroom = cgroup_headroom()
+    return free if headroom is None else min(free, headroom)
 
 
 def check_memory(needed: int, what: str, device=None) -> None:
-    """One clear line, instead of an allocation failure deep inside torch, when `needed` bytes
-    cannot fit."""
+    """One clear line, instead of an allocation failure deep inside torch (or the kernel killing the
+    process at its cgroup's memory limit), when `needed` bytes cannot fit."""
     free = available_bytes(device)
+    where = f"on {device}" if device is not None else "to this process (the machine's, or its cgroup's limit)"
     if needed > free:
-        raise CnnlabError(f"{what} needs {needed / 2**30:,.1f} GiB but only {free / 2**30:,.1f} GiB is free"
-                          f"{' on ' + str(device) if device is not None else ''}; use smaller sizes")
+        raise CnnlabError(f"{what} needs {needed / 2**30:,.1f} GiB but only {free / 2**30:,.1f} GiB is free "
+                          f"{where}; use smaller sizes")
 
 
 def pick_device(name: str = "auto") -> "torch.device":

@@ -29,7 +29,6 @@ from pathlib import Path
 from cnnlab import CnnlabError
 from cnnlab.datasets import ClassNames, DatasetSpec
 from cnnlab.datasets.files import downloaded, place
-from cnnlab.runtime import check_memory
 
 SPLITS = ("train", "val", "test")
 # the folder names each split goes by (compared in lower case): Kaggle and Roboflow export valid/,
@@ -442,13 +441,37 @@ def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-CHUNK = 256  # images per job
+CHUNK = 256  # images per job at most
+JOB_BYTES = 16 * 2**20  # and decoded bytes per job at most: a worker's result is copied through a pipe
+
+
+def scratch_images(where: Path, shape: tuple[int, ...]):
+    """A uint8 tensor of `shape` over an unnamed temporary file in `where` (on disk, not in memory):
+    the kernel keeps in memory only the pages in use, and deletes the file when the tensor goes."""
+    import math
+    import shutil
+    import numpy as np
+    import torch
+    needed, free = math.prod(shape), shutil.disk_usage(where).free
+    if needed > free:
+        raise CnnlabError(f"{where}: decoding needs {needed / 2**30:,.1f} GiB of disk but only "
+                          f"{free / 2**30:,.1f} GiB is free; free some space or use a smaller data.image_size")
+    with tempfile.TemporaryFile(dir=where) as file:  # the map keeps the file open; the name is gone
+        return torch.from_numpy(np.memmap(file, dtype=np.uint8, mode="w+", shape=shape))
+
+
+def in_waves(pool, jobs: list, wave: int):
+    """The decoded chunks in order, at most `wave` jobs in flight: imap alone takes in every chunk as
+    the workers finish it, however far ahead of the parent's writing they run."""
+    for start in range(0, len(jobs), wave):
+        yield from pool.imap(_decode_job, jobs[start:start + wave])
 
 
 def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
-    """Decode one split on every core (a pool of worker processes, each a chunk of files at a time),
-    with a progress bar when run in a terminal. A file that cannot be decoded stops with the path of
-    the user's own file (not of its copy in data/raw)."""
+    """Decode one split on every core (a pool of worker processes, each a chunk of files at a time)
+    into a memory map on disk beside data/raw, so a folder larger than memory decodes, with a
+    progress bar when run in a terminal. A file that cannot be decoded stops with the path of the
+    user's own file (not of its copy in data/raw)."""
     import multiprocessing
     import torch
     from tqdm import tqdm
@@ -460,20 +483,20 @@ def decode(spec: DatasetSpec, root: Path, split: str, image_size: int):
         raise CnnlabError(f"{folder / split}: its class folders are not the ones {MANIFEST} lists; "
                           f"run `dvc repro -f download`")
     files = listing.files
-    check_memory(len(files) * (1 if mode == "L" else 3) * image_size * image_size,
-                 f"decoding {len(files):,} {split} images at data.image_size {image_size}")
-    images = torch.empty(len(files), 1 if mode == "L" else 3, image_size, image_size, dtype=torch.uint8)
-    jobs = [([file for file, _ in files[i:i + CHUNK]], mode, image_size) for i in range(0, len(files), CHUNK)]
+    images = scratch_images(root.parent, (len(files), 1 if mode == "L" else 3, image_size, image_size))
+    chunk = max(1, min(CHUNK, JOB_BYTES // (images[0].numel() if len(images) else 1)))
+    jobs = [([file for file, _ in files[i:i + chunk]], mode, image_size) for i in range(0, len(files), chunk)]
     # fork: workers start at once and only use PIL and numpy, never torch
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(min(workers(), max(1, len(jobs))), initializer=_quiet_worker) as pool, \
+    processes = min(workers(), max(1, len(jobs)))
+    with context.Pool(processes, initializer=_quiet_worker) as pool, \
             tqdm(total=len(files), desc=f"decoding {split} images", unit="image", disable=None, leave=False) as bar:
-        for i, (array, problem) in enumerate(pool.imap(_decode_job, jobs)):
+        for i, (array, problem) in enumerate(in_waves(pool, jobs, 2 * processes)):
             if problem:
                 path, why, fix = problem
                 raise CnnlabError(f"{original(found, folder / split, split, path)}: {why}; {fix}, then run "
                                   f"`dvc repro -f download` (prepare reads the copy in data/raw)")
-            images[i * CHUNK:i * CHUNK + len(array)] = torch.from_numpy(array)
+            images[i * chunk:i * chunk + len(array)] = torch.from_numpy(array)
             bar.update(len(array))
     return images, torch.tensor([label for _, label in files], dtype=torch.long)
 

@@ -3,8 +3,10 @@ normalised as whole tensors. No per-sample Python and no loader workers, so the 
 gather and one fused multiply-subtract, far below the model's own forward and backward pass.
 
 A split larger than the device's budget (`data.max_device_bytes`, or half the free GPU memory) stays
-in host memory, pinned on CUDA, and each batch is gathered there and copied to the device: the same
-batches in the same order, so the same results, for one transfer per step.
+where it is in host memory (a memory map of data/prepared: the page cache holds what is read), and
+each batch is gathered there, staged in pinned memory on CUDA and copied to the device: the same
+batches in the same order, so the same results, for one transfer per step. On a CPU the split is
+never copied: batches are gathered from the map.
 """
 
 from __future__ import annotations
@@ -46,10 +48,8 @@ class DeviceSplit:
             raise TypeError("images must be uint8")
         self.device = device
         self.on_device = budget is None or budget.take(images)
-        if self.on_device:
-            self.images = images.to(device)
-        else:  # pinned pages let the per-batch copy run asynchronously
-            self.images = images.cpu().pin_memory() if device.type == "cuda" else images.cpu()
+        # on a CPU, or off the device, the images stay as they are (a memory map): batches are gathered from them
+        self.images = images.to(device) if self.on_device else images.cpu()
         self.labels = labels.to(device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -90,7 +90,8 @@ class DeviceSplit:
         rank, ranks = shard
         if index is None and ranks == 1:
             for start in range(0, len(self), batch_size):
-                yield self.normalise(self.images[start:start + batch_size]), self.labels[start:start + batch_size]
+                yield self.normalise(self.staged(self.images[start:start + batch_size])), \
+                    self.labels[start:start + batch_size]
             return
         index = torch.arange(len(self)) if index is None else index
         image_index, label_index = index.to(self.images.device), index.to(self.device)
@@ -99,9 +100,13 @@ class DeviceSplit:
             images, labels = (part[start:start + batch_size].tensor_split(ranks)[rank]
                               for part in (image_index, label_index))
             gathered = self.images.index_select(0, images)  # not images[part]: advanced indexing is much slower on CPU
-            if gathered.device != self.device and self.device.type == "cuda":
-                gathered = gathered.pin_memory()
-            yield self.normalise(gathered, augment), self.labels.index_select(0, labels)
+            yield self.normalise(self.staged(gathered), augment), self.labels.index_select(0, labels)
+
+    def staged(self, images: torch.Tensor) -> torch.Tensor:
+        """A host batch bound for CUDA in pinned memory, so that its copy runs asynchronously."""
+        if images.device != self.device and self.device.type == "cuda":
+            return images.pin_memory()
+        return images
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

@@ -68,7 +68,7 @@ def fingerprint(name: str, cfg: dict, options: dict, prepared_dir: Path) -> str:
     digest = hashlib.sha256(json.dumps({"model": name, "options": options, "train": {
         k: v for k, v in cfg.items() if k not in ("progress", "resume")}}, sort_keys=True).encode())
     digest.update((Path(prepared_dir) / "info.json").read_bytes())
-    for split in ("train.pt", "val.pt"):
+    for split in ("train_images.npy", "train_labels.npy", "val_images.npy", "val_labels.npy"):
         digest.update(str((Path(prepared_dir) / split).stat().st_size).encode())
     for source in sorted(Path(cnnlab.__file__).parent.rglob("*.py")):
         digest.update(source.read_bytes())
