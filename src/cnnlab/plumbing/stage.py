@@ -75,8 +75,16 @@ def file_problem(err: OSError) -> str:
     return f"{where}: {cause}; {fix}"
 
 
+INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+
+
 def _interrupted(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
+    """SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does. The first one is enough: a
+    SIGTERM sent to the process group reaches a stage twice (from the sender, then from dvc or
+    the parent's death), and the second must not break the clean-up the first started."""
+    for interrupt in INTERRUPTS:
+        signal.signal(interrupt, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _end_with_parent() -> None:
@@ -99,8 +107,7 @@ def run(main, sweep: bool = True) -> None:
     """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
     user errors become one line on stderr and exit code 1. When `main` is the script Python runs
     (`_is_the_script`), the process ends as soon as it returns, its outputs in place."""
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _interrupted)
+    previous = {interrupt: signal.signal(interrupt, _interrupted) for interrupt in INTERRUPTS}
     started = time.perf_counter()
     try:
         _end_with_parent()
@@ -119,6 +126,11 @@ def run(main, sweep: bool = True) -> None:
     except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
         torchrun.record_rank_failure(err)
         raise
+    finally:
+        if not _is_the_script(main):  # a test or a notebook gets its own handlers back
+            for interrupt, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(interrupt, handler)
     if _is_the_script(main):
         _end_process()
 
