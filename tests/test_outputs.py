@@ -198,7 +198,37 @@ def test_a_figure_digest_follows_the_drawing_code(tmp_path, monkeypatch):
     assert figure_digest(figures.noise_figure, NOISE, 40) != before
 
 
-def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
+def test_a_figure_digest_follows_the_saving_code_and_the_rcparams(tmp_path, monkeypatch):
+    import matplotlib
+    from cnnlab import figures
+    from cnnlab.plumbing import outputs
+    from cnnlab.plumbing.outputs import figure_digest
+    before = figure_digest(figures.noise_figure, NOISE, 40)
+    with matplotlib.rc_context({"lines.linewidth": 5}):  # what a matplotlibrc or a style sets
+        assert figure_digest(figures.noise_figure, NOISE, 40) != before
+    assert figure_digest(figures.noise_figure, NOISE, 40) == before
+    edited = tmp_path / "outputs.py"
+    edited.write_text(Path(outputs.__file__).read_text() + "\n# figure() edited\n")
+    monkeypatch.setattr(outputs, "__file__", str(edited))
+    assert figure_digest(figures.noise_figure, NOISE, 40) != before
+
+
+def test_a_foreign_png_with_a_copied_digest_is_redrawn(tmp_path):
+    from PIL import Image, PngImagePlugin
+    target = tmp_path / "noise.png"
+    assert _draw_noise(target)
+    with Image.open(target) as drawn:
+        copied, size = dict(drawn.text), drawn.size
+    for keys in (copied, {k: v for k, v in copied.items() if "pixels" not in k}):
+        info = PngImagePlugin.PngInfo()
+        for key, value in keys.items():
+            info.add_text(key, value)
+        Image.new("RGBA", size, (255, 0, 0, 255)).save(target, pnginfo=info)
+        assert _draw_noise(target), keys.keys()
+    assert not _draw_noise(target)  # its own drawing, untouched, is kept
+
+
+def test_keeping_a_figure_imports_no_pyplot(tmp_path):
     import subprocess
     import sys
     import textwrap
@@ -210,7 +240,7 @@ def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
         from cnnlab.figures import noise_figure
         with outputs() as out:
             drew = out.figure_of({str(target)!r}, noise_figure, json.loads({json.dumps(NOISE)!r}), dpi=40)
-        print(drew, "matplotlib" in sys.modules)
+        print(drew, "matplotlib.pyplot" in sys.modules)
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"], result.stderr

@@ -100,7 +100,8 @@ class StagedOutputs:
         if drawn_from(Path(target)) == digest:
             shutil.copyfile(target, self.path(target))
             return False
-        self.figure(target, draw(**data), dpi=dpi, metadata={DRAWN_FROM: digest})
+        fig = draw(**data)
+        self.figure(target, fig, dpi=dpi, metadata={DRAWN_FROM: digest, PIXELS: _pixels_key(digest, _rgba(fig, dpi))})
         return True
 
     def commit(self) -> None:
@@ -145,28 +146,53 @@ class StagedOutputs:
 
 
 DRAWN_FROM = "cnnlab drawn from"  # the PNG text key of a figure's digest (figure_of)
+PIXELS = "cnnlab pixels"  # the PNG text key binding that digest to the file's own pixels
 
 
 def figure_digest(draw: Callable[..., Any], data: dict, dpi: int) -> str:
     """What a figure is a function of: its data, in its order (the order of the models sets their
     colours and the legend), its dpi, the drawing function (by name, and its module's source, so
-    any edit to the drawing code redraws) and matplotlib's version. Not matplotlibrc settings: after
-    changing those, delete the figure to have it redrawn."""
+    any edit to the drawing code redraws), the saving code (this module's source), matplotlib's
+    version and the rcParams in effect (a matplotlibrc or a style changes the look). It imports
+    matplotlib for those, not pyplot (the drawing's cost)."""
     import hashlib
     import sys
     from importlib.metadata import version
+
+    import matplotlib
+    settings = [(key, str(matplotlib.rcParams[key])) for key in sorted(matplotlib.rcParams.keys())
+                if not key.startswith("backend")]  # not the look; and reading it imports pyplot
     digest = hashlib.sha256(json.dumps([f"{draw.__module__}.{draw.__qualname__}", data, dpi,
-                                        version("matplotlib")]).encode())
+                                        version("matplotlib"), settings]).encode())
     digest.update(Path(sys.modules[draw.__module__].__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
 
 
+def _pixels_key(digest: str, pixels: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(digest.encode() + pixels).hexdigest()
+
+
+def _rgba(fig, dpi: int) -> bytes:
+    """The pixels `figure` saves for `fig`: the same rendering, as raw RGBA."""
+    import io
+    raw = io.BytesIO()
+    fig.savefig(raw, dpi=dpi, bbox_inches="tight", format="rgba")
+    return raw.getvalue()
+
+
 def drawn_from(path: Path) -> str | None:
-    """The digest a figure of figure_of records; None for a missing, foreign or unreadable file."""
+    """The digest a figure of figure_of records; None for a missing, foreign or unreadable file, and
+    for a file whose pixels are not those the digest was saved with (a digest copied into another PNG)."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as image:
-            return getattr(image, "text", {}).get(DRAWN_FROM)
+            text = getattr(image, "text", {})
+            digest = text.get(DRAWN_FROM)
+            if digest is None or image.mode != "RGBA" or text.get(PIXELS) != _pixels_key(digest, image.tobytes()):
+                return None
+            return digest
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
 
