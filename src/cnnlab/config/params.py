@@ -282,10 +282,14 @@ def model_kwargs(params: dict, model: str) -> dict:
 
 # the training settings a user tunes, in the order the recipe line names them; the last ones only
 # when set (their defaults go without saying)
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "scheduler",
-               "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze", "device", "precision", "nproc")
-UNSAID = {"betas": [0.9, 0.999], "augment": None, "flip_tta": False, "weights": None, "freeze": False, "device": "auto",
-          "precision": "auto", "nproc": 1}
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "nesterov", "scheduler",
+               "step_size", "gamma", "loss", "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze",
+               "seed", "device", "precision", "memory_format", "compile", "nproc", "eval_batch_size")
+UNSAID = {"betas": [0.9, 0.999], "nesterov": False, "loss": "cross_entropy", "augment": None, "flip_tta": False,
+          "weights": None, "freeze": False, "seed": 0, "device": "auto", "precision": "auto", "memory_format": "auto",
+          "compile": False, "nproc": 1, "eval_batch_size": 256}
+USED_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),  # Adam's are betas
+                  "step_size": ("scheduler", "step"), "gamma": ("scheduler", "step")}
 
 
 def _shown(key: str, value: Any) -> str:
@@ -304,8 +308,10 @@ def describe_recipe(params: dict, model: str) -> str:
         value = cfg[key]
         if key in UNSAID and key not in own and _shown(key, value) in (str(UNSAID[key]), "off"):
             continue
-        if (key == "momentum") != (cfg["optimizer"] == "sgd") and key in ("momentum", "betas"):
-            continue  # momentum is SGD's; betas are Adam's
+        if key in USED_ONLY_WITH and cfg[USED_ONLY_WITH[key][0]] != USED_ONLY_WITH[key][1]:
+            continue
+        if key == "betas" and cfg["optimizer"] == "sgd":
+            continue
         part = f"{key} {_shown(key, value)}"
         if key in own:
             part += f" from {model}:" + (f", overriding train.{key} {_shown(key, shared[key])}"
