@@ -190,3 +190,16 @@ def test_the_recipe_line_says_which_schedule_won_and_every_model_setting():
                   "eval_batch_size 64 from lenet:", "memory_format contiguous from lenet:", "compile True from lenet:",
                   "loss cross_entropy from lenet:"):
         assert shown in line, shown
+
+
+@pytest.mark.parametrize("section", ["train", "lenet"])
+@pytest.mark.parametrize("augment, error", [
+    ({"foo": 1}, "unknown key '{}.augment.foo' (allowed: crop_padding, hflip"),
+    ({"shift": 2}, "{}.augment.shift must be a finite number >= 0 and <= 0.5; got 2"),
+    (5, "{}.augment must be a mapping of crop_padding")])
+def test_an_augment_error_names_its_section(section, augment, error):
+    params = load(REPO / "params.yaml")
+    params[section]["augment"] = augment
+    with pytest.raises(CnnlabError) as raised:
+        validate(params)
+    assert error.format(section) in str(raised.value)

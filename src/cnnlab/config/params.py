@@ -30,11 +30,15 @@ AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
 AUGMENT_OFF = {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0}
 
 
-def _augment(value):
-    """Batch-level training augmentation; keys left out are off."""
+def _augment(value, name: str):
+    """Batch-level training augmentation (the section `name`: train.augment, lenet.augment); keys left
+    out are off."""
     if value is None:
         return dict(AUGMENT_OFF)
-    return {**AUGMENT_OFF, **_check_section("augment", value, AUGMENT_CHECKS, required=False)}
+    return {**AUGMENT_OFF, **_check_section(name, value, AUGMENT_CHECKS, required=False)}
+
+
+_augment.nested = True  # checked as a section of its own, named by _check_section
 
 
 _augment.allowed = "a mapping of " + ", ".join(AUGMENT_CHECKS) + " (each optional: left out is off)"
@@ -138,7 +142,8 @@ def _check_section(name: str, section: Any, section_checks: dict[str, Callable[[
     cleaned = {}
     for key, value in section.items():
         try:
-            cleaned[key] = section_checks[key](value)
+            check = section_checks[key]
+            cleaned[key] = check(value, f"{name}.{key}") if getattr(check, "nested", False) else check(value)
         except ValueError as allowed:
             raise _fail(f"{name}.{key}", value, str(allowed)) from None
     return cleaned
