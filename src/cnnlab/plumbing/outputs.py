@@ -101,7 +101,8 @@ class StagedOutputs:
             shutil.copyfile(target, self.path(target))
             return False
         fig = draw(**data)
-        self.figure(target, fig, dpi=dpi, metadata={DRAWN_FROM: digest, PIXELS: _pixels_key(digest, _rgba(fig, dpi))})
+        pixels = _pixels_key(digest, _rgba(fig, dpi))
+        self.figure(target, fig, dpi=dpi, metadata={DRAWN_FROM: digest, PIXELS: pixels})
         return True
 
     def commit(self) -> None:
