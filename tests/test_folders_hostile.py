@@ -428,3 +428,16 @@ def test_the_data_card_reaches_metrics_data_json(tmp_path):
     assert card["classes"] == {"cats": {"train": 9, "val": 2, "test": 2}, "dogs": {"train": 8, "val": 2, "test": 2}}
     info = json.loads((project / "data" / "prepared" / "info.json").read_text())
     assert info["card"] == card
+
+
+def test_a_class_folder_named_in_latin1_bytes_is_refused_at_download(tmp_path):
+    """What an old zip archive makes: a folder named 'café' in Latin-1 bytes, not UTF-8. It would be
+    read and trained on, then end the samples stage in matplotlib with a traceback."""
+    import os
+    base = class_tree(tmp_path / "imgs")
+    latin1 = os.fsencode(base) + b"/caf\xe9"
+    os.mkdir(latin1)
+    noise_image(99).save(os.fsdecode(latin1 + b"/0.png"))
+    result = run(folder_project(tmp_path, base), "stages/download.py")
+    assert_one_line_error(result, f"{base}/caf\\xe9: a class folder whose name is not UTF-8 text; rename it")
+    assert not outputs(tmp_path / "project")

@@ -94,6 +94,18 @@ def _only_unsupported(where: Path, counts: Counter) -> CnnlabError | None:
                        + "; ".join(UNSUPPORTED_HINT[kind][1] for kind in kinds))
 
 
+def _class_name(split_dir: Path, name: str) -> str:
+    """A class folder's name, which becomes a label in every figure and file: it must be text. A name
+    that is not UTF-8 (Latin-1 bytes from an old zip archive) stops here, shown with its bytes escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the bytes Python could not decode, kept as surrogates
+        shown = os.fsencode(name).decode("ascii", "backslashreplace")
+        raise CnnlabError(f"{os.path.join(split_dir, shown)}: a class folder whose name is not UTF-8 text; "
+                          f"rename it (e.g. with `convmv -f latin1 -t utf8 --notest -r`, or by hand)") from None
+    return name
+
+
 def list_images(split_dir: Path) -> Listing:
     """The classes and images of one split folder, walked without following folder links: a link back
     into the tree would list images twice, and train and test could share them. A linked folder, or a
@@ -111,7 +123,7 @@ def list_images(split_dir: Path) -> Listing:
             else:
                 listing.skipped["hidden"] += 1
         elif entry.is_dir():
-            listing.classes.append(entry.name)
+            listing.classes.append(_class_name(split_dir, entry.name))
         else:
             reason = skip_reason(entry.name)
             loose += reason is None
