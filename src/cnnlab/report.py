@@ -270,8 +270,14 @@ def data_card_lines(card: dict) -> list[str]:
     dropped = card.get("duplicates_dropped", {})
     if dropped:
         per_class = {k: v for k, v in dropped.get("per_class", {}).items() if v}
-        lines.append(f"- exact duplicates dropped from training: {_counts({k: v for k, v in dropped.items() if k != 'per_class'})}"
+        identical = (f"identical after resizing to {card['image_size']}x{card['image_size']}" if card.get("resized")
+                     else "identical pixel for pixel")
+        lines.append(f"- images {identical} dropped from training: "
+                     f"{_counts({k: v for k, v in dropped.items() if k != 'per_class'})}"
                      + (f" (by class: {_counts(per_class)})" if per_class else ""))
+    if card.get("repeated_in_test"):
+        lines.append(f"- test images identical to another test image (kept, so scored twice): "
+                     f"{card['repeated_in_test']:,}")
     return lines + [""]
 
 

@@ -54,6 +54,7 @@ UNSUPPORTED_HINT = {
 }
 SKIP_REASONS = ("hidden", "not_images", "outside_class_folders", *UNSUPPORTED_HINT)
 ORIENTATION = 0x0112  # the EXIF tag; values 2..8 need a flip or a turn (1 is upright)
+TRANSPOSING = (5, 6, 7, 8)  # the orientations that turn by 90 degrees: upright, width and height swap
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 GRAYSCALE_MODES = ("1", "L", "LA", "La", *HIGH_BIT_MODES)
@@ -260,8 +261,8 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
         for entry in os.scandir(base):
             if entry.is_dir() and hidden(entry.name):
                 ignored.add(entry.name)
-            elif not entry.is_dir():
-                skipped["hidden" if hidden(entry.name) else "outside_class_folders"] += 1
+            elif not entry.is_dir():  # as inside the split folders: an image is outside, a labels.csv not one
+                skipped[skip_reason(entry.name) or "outside_class_folders"] += 1
     card = {
         "source": str(base),
         "split_folders": {split: folder.name if split != "all" else "." for split, folder in folders.items()},
@@ -331,7 +332,9 @@ def _header(image) -> tuple:
         raise _Refused("a GIF image under another name; GIF is not supported", "convert it to PNG")
     frames = getattr(image, "n_frames", 1) if image.format in ("TIFF", "PNG", "WEBP") else 1  # not MPO's previews
     alpha = image.mode in ALPHA_MODES or "transparency" in image.info
-    return image.mode, orientation(image, header_only=True) != 1, frames, alpha, image.size
+    turn = orientation(image, header_only=True)
+    upright_size = image.size[::-1] if turn in TRANSPOSING else image.size
+    return image.mode, turn != 1, frames, alpha, upright_size
 
 
 def _cause(err: Exception, path: str) -> str:
