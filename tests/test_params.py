@@ -203,3 +203,16 @@ def test_an_augment_error_names_its_section(section, augment, error):
     with pytest.raises(CnnlabError) as raised:
         validate(params)
     assert error.format(section) in str(raised.value)
+
+
+@pytest.mark.parametrize("models, hint", [("mlp", "(a list even for one model: models: [mlp], or -S 'models=[mlp]')"),
+                                          (["lenett"], "(did you mean lenet?)")])
+def test_a_bad_models_list_lists_the_names_and_says_what_was_meant(models, hint):
+    params = load(REPO / "params.yaml")
+    params["models"] = models
+    with pytest.raises(CnnlabError) as raised:
+        validate(params)
+    message = str(raised.value)
+    assert message.startswith("params.yaml: models must be a non-empty list of distinct names from ")
+    assert "lenet, mlp" in message
+    assert message.endswith(hint), message

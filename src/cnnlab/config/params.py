@@ -149,6 +149,16 @@ def _check_section(name: str, section: Any, section_checks: dict[str, Callable[[
     return cleaned
 
 
+def _models_hint(got: Any, zoo: list[str]) -> str:
+    """What to write instead of a bad models list: a list for one name, the nearest name for a typo."""
+    import difflib
+    if isinstance(got, str):
+        return f" (a list even for one model: models: [{got}], or -S 'models=[{got}]')"
+    near = [difflib.get_close_matches(str(name), zoo, n=1) for name in got or [] if name not in zoo] \
+        if isinstance(got, list) else []
+    return f" (did you mean {near[0][0]}?)" if near and near[0] else ""
+
+
 def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
     """Return a cleaned copy of the params, or raise CnnlabError naming the first bad key.
 
@@ -170,7 +180,8 @@ def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
     try:
         params["models"] = checks.names(zoo)(raw["models"])
     except ValueError as allowed:
-        raise _fail("models", raw["models"], str(allowed)) from None
+        hint = _models_hint(raw["models"], zoo)
+        raise CnnlabError(str(_fail("models", raw["models"], str(allowed))) + hint) from None
     for model in zoo:
         section = raw.get(model)
         section = {} if section is None else section  # `lenet:` with nothing after it
