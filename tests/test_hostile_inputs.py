@@ -378,8 +378,8 @@ def test_a_full_disk_at_the_resume_snapshot_names_it_and_the_fix(tmp_path, monke
     snapshot = tmp_path / ".cnnlab/resume/mlp.pt"
 
     def full_disk(obj, path):
-        raise RuntimeError(f"[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
-                           f"data/0: file write failed")
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CnnlabError) as raised:
