@@ -428,3 +428,56 @@ def test_the_data_card_reaches_metrics_data_json(tmp_path):
     assert card["classes"] == {"cats": {"train": 9, "val": 2, "test": 2}, "dogs": {"train": 8, "val": 2, "test": 2}}
     info = json.loads((project / "data" / "prepared" / "info.json").read_text())
     assert info["card"] == card
+
+
+def test_a_class_folder_named_in_latin1_bytes_is_refused_at_download(tmp_path):
+    """What an old zip archive makes: a folder named 'café' in Latin-1 bytes, not UTF-8. It would be
+    read and trained on, then end the samples stage in matplotlib with a traceback."""
+    import os
+    base = class_tree(tmp_path / "imgs")
+    latin1 = os.fsencode(base) + b"/caf\xe9"
+    os.mkdir(latin1)
+    noise_image(99).save(os.fsdecode(latin1 + b"/0.png"))
+    result = run(folder_project(tmp_path, base), "stages/download.py")
+    assert_one_line_error(result, f"{base}/caf\\xe9: a class folder whose name is not UTF-8 text; rename it")
+    assert not outputs(tmp_path / "project")
+
+
+# --- the data card's minors ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation,largest", [(1, "40x20"), (6, "20x40"), (8, "20x40")])
+def test_the_largest_size_is_measured_upright(tmp_path, orientation, largest):
+    base = class_tree(tmp_path / "imgs", colour=True)
+    oriented_jpeg(base / "a" / "photo.jpg", orientation)  # stored 40x20
+    assert fetch(base, tmp_path)["card"]["sizes"]["largest"] == largest
+
+
+def test_a_labels_csv_beside_the_splits_and_a_notes_txt_in_a_class_are_one_reason(tmp_path):
+    base = tmp_path / "imgs"
+    class_tree(base / "train")
+    class_tree(base / "test", seed=1)
+    (base / "labels.csv").write_text("file,label\n")
+    (base / "train" / "a" / "notes.txt").write_text("taken in May\n")
+    skipped = fetch(base, tmp_path)["card"]["skipped"]
+    assert skipped["not_images"] == 2 and skipped["outside_class_folders"] == 0, skipped
+
+
+def test_duplicates_identical_after_resizing_and_inside_test_are_reported(tmp_path):
+    """Two plain grey files of different sizes are one image at 12x12: 'identical after resizing',
+    not 'exact duplicates'. A pair inside test/ is kept (each is scored) but said."""
+    import shutil
+    from cnnlab.report import data_card_lines
+    base = tmp_path / "imgs"
+    class_tree(base / "train")
+    class_tree(base / "test", seed=1)
+    for side in (12, 20):
+        Image.new("L", (side, side), 77).save(base / "train" / "a" / f"grey{side}.png")
+    shutil.copy(base / "test" / "b" / "0.png", base / "test" / "b" / "copy.png")
+    fetch(base, tmp_path)
+    card = prepared(tmp_path, size=12, val_fraction=0.25)["info"]["card"]
+    assert card["repeated_in_test"] == 1 and card["duplicates_dropped"]["repeated_in_train"] == 1
+    lines = data_card_lines(card)
+    assert ("- images identical after resizing to 12x12 dropped from training: 1 repeated in train (by class: 1 a)"
+            in lines), lines[-4:]
+    assert "- test images identical to another test image (kept, so scored twice): 1" in lines
+    assert not any("exact" in line for line in lines)

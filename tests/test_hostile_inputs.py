@@ -366,3 +366,48 @@ def test_an_image_size_too_small_for_the_model_stops_before_training(tmp_path):
     params = base_params()
     with pytest.raises(CnnlabError, match=r"data.image_size 8 is too small for lenet \(it needs at least 12 pixels\)"):
         train_model("lenet", params, tmp_path / "prepared")
+
+
+def _snapshot_state() -> dict:
+    return {"model": torch.nn.Linear(300, 300), "generators": [None]}  # 360 kB of weights
+
+
+def test_a_full_disk_at_the_resume_snapshot_names_it_and_the_fix(tmp_path, monkeypatch):
+    """torch.save on a full disk raises a RuntimeError, not always an OSError: both name the snapshot."""
+    from cnnlab import CnnlabError
+    from cnnlab.train.resume import Resume
+    snapshot = tmp_path / ".cnnlab/resume/mlp.pt"
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CnnlabError) as raised:
+        Resume(snapshot, "fingerprint").save(_snapshot_state(), {"history": []})
+    assert str(raised.value).startswith(f"{snapshot}: could not be written (is the disk full?) (the resume snapshot")
+    assert "free some space" in str(raised.value) and "train.resume: false" in str(raised.value)
+    assert not snapshot.exists() and not list(tmp_path.rglob(".cnnlab-tmp-*"))
+
+    monkeypatch.setattr(torch, "save", lambda obj, path: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # not every RuntimeError is a full disk
+        Resume(snapshot, "fingerprint").save(_snapshot_state(), {"history": []})
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_real_full_disk_at_the_resume_snapshot(tmp_path):
+    from cnnlab import CnnlabError
+    from cnnlab.train.resume import Resume
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        snapshot = disk / ".cnnlab/resume/mlp.pt"
+        with pytest.raises(CnnlabError) as raised:
+            Resume(snapshot, "fingerprint").save(_snapshot_state(), {"history": []})
+        assert str(raised.value).startswith(f"{snapshot}: "), raised.value
+        assert "free some space" in str(raised.value) and "train.resume: false" in str(raised.value)
+        assert not snapshot.exists() and not list(disk.rglob(".cnnlab-tmp-*"))
+    finally:  # lazily: the exception's traceback holds torch's writer, and the writer its file open
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)

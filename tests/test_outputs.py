@@ -69,7 +69,6 @@ def test_a_write_failure_is_one_line_naming_the_output_and_the_fix(tmp_path, mon
 
 
 def test_a_checkpoint_cut_short_by_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
-    import torch
 
     from cnnlab.plumbing import stage
     monkeypatch.chdir(tmp_path)
@@ -140,36 +139,37 @@ def test_a_stage_whose_parent_is_init_from_the_start_runs(monkeypatch):
         stage._end_with_parent()
 
 
-NOISE = {"analysis": {"cnn": {"noise": {"noise": [0, 0.1], "accuracy": [0.99, 0.9]}}, "mlp": {"noise": None}}}
+NOISE = {"plot": {"title": "accuracy under noise", "x": "noise", "y": "accuracy",
+                  "curves": {"cnn": {"x": [0, 0.1], "y": [0.99, 0.9]}}}}
 
 
 def _draw_noise(target, data=NOISE, dpi=40, draw=None) -> bool:
-    from cnnlab.figures import noise_figure
+    from cnnlab.figures import comparison_figure
     with staged_outputs() as out:
-        return out.figure_of(target, draw or noise_figure, data, dpi=dpi)
+        return out.figure_of(target, draw or comparison_figure, data, dpi=dpi)
 
 
 def test_a_figure_of_unchanged_data_is_kept_as_it_is_without_drawing(tmp_path):
     import functools
     from PIL import Image
     from cnnlab.plumbing.outputs import DRAWN_FROM, drawn_from, figure_digest
-    from cnnlab.figures import noise_figure
+    from cnnlab.figures import comparison_figure
     target = tmp_path / "report" / "noise.png"
     assert _draw_noise(target)
     first = target.read_bytes()
-    assert drawn_from(target) == figure_digest(noise_figure, NOISE, 40)
+    assert drawn_from(target) == figure_digest(comparison_figure, NOISE, 40)
 
-    @functools.wraps(noise_figure)  # the same drawing function, as far as the digest can tell
+    @functools.wraps(comparison_figure)  # the same drawing function, as far as the digest can tell
     def never(**_):
         raise AssertionError("redrawn although its data did not change")
     assert not _draw_noise(target, draw=never)
     assert target.read_bytes() == first
     assert [p.name for p in target.parent.iterdir()] == ["noise.png"]  # no temporaries left
 
-    changed = {"analysis": {**NOISE["analysis"], "mlp": {"noise": {"noise": [0, 0.1], "accuracy": [0.98, 0.5]}}}}
+    changed = {"plot": {**NOISE["plot"], "curves": {**NOISE["plot"]["curves"], "mlp": {"x": [0, 0.1], "y": [0.98, 0.5]}}}}
     assert _draw_noise(target, changed) and target.read_bytes() != first
     assert _draw_noise(target, changed, dpi=50)  # another resolution is another figure
-    reordered = {"analysis": dict(reversed(changed["analysis"].items()))}  # colours and legend follow the order
+    reordered = {"plot": {**changed["plot"], "curves": dict(reversed(changed["plot"]["curves"].items()))}}  # colours follow the order
     assert _draw_noise(target, reordered, dpi=50)
     with Image.open(target) as image:
         assert DRAWN_FROM in image.text and image.size[0] > 0
@@ -190,15 +190,45 @@ def test_a_figure_digest_follows_the_drawing_code(tmp_path, monkeypatch):
     import sys
     from cnnlab import figures
     from cnnlab.plumbing.outputs import figure_digest
-    before = figure_digest(figures.noise_figure, NOISE, 40)
+    before = figure_digest(figures.comparison_figure, NOISE, 40)
     assert figure_digest(figures.curves_figure, NOISE, 40) != before
     edited = tmp_path / "figures.py"
     edited.write_text(Path(figures.__file__).read_text() + "\n# edited\n")
     monkeypatch.setattr(sys.modules["cnnlab.figures"], "__file__", str(edited))
-    assert figure_digest(figures.noise_figure, NOISE, 40) != before
+    assert figure_digest(figures.comparison_figure, NOISE, 40) != before
 
 
-def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
+def test_a_figure_digest_follows_the_saving_code_and_the_rcparams(tmp_path, monkeypatch):
+    import matplotlib
+    from cnnlab import figures
+    from cnnlab.plumbing import outputs
+    from cnnlab.plumbing.outputs import figure_digest
+    before = figure_digest(figures.comparison_figure, NOISE, 40)
+    with matplotlib.rc_context({"lines.linewidth": 5}):  # what a matplotlibrc or a style sets
+        assert figure_digest(figures.comparison_figure, NOISE, 40) != before
+    assert figure_digest(figures.comparison_figure, NOISE, 40) == before
+    edited = tmp_path / "outputs.py"
+    edited.write_text(Path(outputs.__file__).read_text() + "\n# figure() edited\n")
+    monkeypatch.setattr(outputs, "__file__", str(edited))
+    assert figure_digest(figures.comparison_figure, NOISE, 40) != before
+
+
+def test_a_foreign_png_with_a_copied_digest_is_redrawn(tmp_path):
+    from PIL import Image, PngImagePlugin
+    target = tmp_path / "noise.png"
+    assert _draw_noise(target)
+    with Image.open(target) as drawn:
+        copied, size = dict(drawn.text), drawn.size
+    for keys in (copied, {k: v for k, v in copied.items() if "pixels" not in k}):
+        info = PngImagePlugin.PngInfo()
+        for key, value in keys.items():
+            info.add_text(key, value)
+        Image.new("RGBA", size, (255, 0, 0, 255)).save(target, pnginfo=info)
+        assert _draw_noise(target), keys.keys()
+    assert not _draw_noise(target)  # its own drawing, untouched, is kept
+
+
+def test_keeping_a_figure_imports_no_pyplot(tmp_path):
     import subprocess
     import sys
     import textwrap
@@ -207,10 +237,10 @@ def test_keeping_a_figure_imports_no_matplotlib(tmp_path):
     code = textwrap.dedent(f"""
         import json, sys
         from cnnlab.plumbing.stage import outputs
-        from cnnlab.figures import noise_figure
+        from cnnlab.figures import comparison_figure
         with outputs() as out:
-            drew = out.figure_of({str(target)!r}, noise_figure, json.loads({json.dumps(NOISE)!r}), dpi=40)
-        print(drew, "matplotlib" in sys.modules)
+            drew = out.figure_of({str(target)!r}, comparison_figure, json.loads({json.dumps(NOISE)!r}), dpi=40)
+        print(drew, "matplotlib.pyplot" in sys.modules)
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"], result.stderr

@@ -169,3 +169,50 @@ def test_the_recipe_line_says_where_each_value_comes_from():
     assert line.startswith("lenet: epochs 1; batch_size 128; optimizer adam; lr 0.01 from lenet:, overriding train.lr ")
     params["lenet"]["augment"] = {**params["train"]["augment"], "shift": 0.1}
     assert "augment shift=0.1 from lenet:, overriding train.augment off" in describe_recipe(params, "lenet")
+
+
+def test_the_recipe_line_says_which_schedule_won_and_every_model_setting():
+    """With train.step_size 3 and gamma 0.1 against resnet18's own 10 and 0.5, the line says which
+    won; a model section's seed, nesterov, eval_batch_size, memory_format, compile and loss are shown."""
+    from cnnlab.config.params import describe_recipe
+    params = load(REPO / "params.yaml")
+    params["train"].update(scheduler="step", step_size=3, gamma=0.1)
+    line = describe_recipe(params, "resnet18")
+    assert "step_size 10 from resnet18:, overriding train.step_size 3" in line
+    assert "gamma 0.5 from resnet18:, overriding train.gamma 0.1" in line
+    assert "; step_size 3; gamma 0.1;" in describe_recipe(params, "mlp")
+    params["train"]["scheduler"] = "cosine"
+    assert "step_size" not in describe_recipe(params, "mlp") and "gamma" not in describe_recipe(params, "mlp")
+    params["lenet"].update(optimizer="sgd", seed=3, nesterov=True, eval_batch_size=64, memory_format="contiguous",
+                           compile=True, loss="cross_entropy")
+    line = describe_recipe(params, "lenet")
+    for shown in ("seed 3 from lenet:, overriding train.seed 0", "nesterov True from lenet:, overriding train.nesterov",
+                  "eval_batch_size 64 from lenet:", "memory_format contiguous from lenet:", "compile True from lenet:",
+                  "loss cross_entropy from lenet:"):
+        assert shown in line, shown
+
+
+@pytest.mark.parametrize("section", ["train", "lenet"])
+@pytest.mark.parametrize("augment, error", [
+    ({"foo": 1}, "unknown key '{}.augment.foo' (allowed: crop_padding, hflip"),
+    ({"shift": 2}, "{}.augment.shift must be a finite number >= 0 and <= 0.5; got 2"),
+    (5, "{}.augment must be a mapping of crop_padding")])
+def test_an_augment_error_names_its_section(section, augment, error):
+    params = load(REPO / "params.yaml")
+    params[section]["augment"] = augment
+    with pytest.raises(CnnlabError) as raised:
+        validate(params)
+    assert error.format(section) in str(raised.value)
+
+
+@pytest.mark.parametrize("models, hint", [("mlp", "(a list even for one model: models: [mlp], or -S 'models=[mlp]')"),
+                                          (["lenett"], "(did you mean lenet?)")])
+def test_a_bad_models_list_lists_the_names_and_says_what_was_meant(models, hint):
+    params = load(REPO / "params.yaml")
+    params["models"] = models
+    with pytest.raises(CnnlabError) as raised:
+        validate(params)
+    message = str(raised.value)
+    assert message.startswith("params.yaml: models must be a non-empty list of distinct names from ")
+    assert "lenet, mlp" in message
+    assert message.endswith(hint), message

@@ -186,3 +186,17 @@ def test_the_apple_gpu_is_named_by_its_chip(monkeypatch):
     monkeypatch.setattr(runtime.platform, "system", lambda: "Windows")
     monkeypatch.setattr(runtime.platform, "processor", lambda: "Intel64 Family 6 Model 154, GenuineIntel")
     assert runtime.device_name(torch.device("cpu")) == "Intel64 Family 6 Model 154, GenuineIntel"
+
+
+def test_a_commit_where_there_is_no_sigterm(tmp_path, monkeypatch):
+    """Holding signals back during a commit needs no POSIX call (no pthread_sigmask, which Windows
+    lacks): a platform without SIGTERM holds back Ctrl-C alone, and puts its handler back."""
+    from cnnlab.plumbing.outputs import StagedOutputs
+    monkeypatch.delattr(signal, "SIGTERM")
+    before = signal.getsignal(signal.SIGINT)
+    (tmp_path / "old.txt").write_text("old")
+    staged = StagedOutputs()
+    staged.text(tmp_path / "old.txt", "new")
+    staged.commit()
+    assert (tmp_path / "old.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]
+    assert signal.getsignal(signal.SIGINT) is before

@@ -113,3 +113,17 @@ def test_asking_for_more_samples_than_exist(tmp_path):
 def test_analyze_without_a_trained_model_says_what_to_run(tmp_path):
     assert_one_line_error(run(project_copy(tmp_path), "stages/analyze.py", "cnn"), "models/cnn.pt: missing",
                           "run the train stage first")
+
+
+def test_a_stage_refuses_to_run_another_checkouts_code(tmp_path):
+    """A venv shared between two clones imports cnnlab from the other clone: a stage must say so,
+    not run that code and let dvc.lock credit this checkout's. An identical copy of the code runs."""
+    from conftest import copy_project
+    project = copy_project(tmp_path / "clone")
+    mirror = make_mirror(tmp_path / "mirror", n_train=60, n_test=20)
+    assert run(project, "stages/download.py", mirror=mirror).returncode == 0
+    with open(project / "src/cnnlab/models/mlp.py", "a") as stream:
+        stream.write("# edited in this clone only\n")
+    result = run(project, "stages/download.py", mirror=mirror)  # cnnlab imported from REPO/src
+    assert_one_line_error(result, str((REPO / "src/cnnlab").resolve()), str((project / "src/cnnlab").resolve()),
+                          "pip install -e .")

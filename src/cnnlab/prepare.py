@@ -253,7 +253,9 @@ def data_card(splits: dict, classes, found: dict, before: list[int], deduplicate
               duplicates: dict) -> dict:
     """What download found and did (`found`: the folder dataset's manifest card; empty for the
     published datasets) and what prepare did: per class, the images found in each split folder and
-    those kept in each split; the exact duplicates dropped (per class too); images resized."""
+    those kept in each split; the training images identical (after resizing) to another and dropped
+    (per class too); the test images identical to another test image (kept: scored twice); images
+    resized."""
     card = dict(found)
     images = splits["train"][0]
     side = int(images.shape[-1])
@@ -263,6 +265,8 @@ def data_card(splits: dict, classes, found: dict, before: list[int], deduplicate
     card["image_size"], card["channels"] = side, int(images.shape[1])
     card["duplicates_dropped"] = {**duplicates, "per_class": {
         str(classes[c]): had - kept for c, (had, kept) in enumerate(zip(before, deduplicated)) if had > kept}}
+    test_hashes = image_hashes(splits["test"][0])
+    card["repeated_in_test"] = len(test_hashes) - len(set(test_hashes))
     counts = {name: class_counts(splits[name][1], len(classes)) for name in ("train", "val", "test")}
     card["classes"] = {str(name): {split: counts[split][c] for split in counts} for c, name in enumerate(classes)}
     return card

@@ -112,7 +112,8 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
         watched = paths.outputs("train", name, root).watch
-        watch_curves += _rows(pd.read_csv(watched / "curves.csv"), name, ["epoch", "deletion_auc", "silhouette"])
+        curves = pd.read_csv(watched / "curves.csv")
+        watch_curves += _rows(curves, name, list(curves.columns))
         watch.update({f"{name}_{kind.name}": kind for kind in sorted(watched.iterdir()) if kind.is_dir()})
         for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             series = plot.get("series")  # one line per model, or per model and series (e.g. method)
@@ -195,11 +196,9 @@ def learning_markdown(models: list[str], root: Path = Path(".")) -> list[str]:
         if curves.empty:
             continue
         first, last = curves.iloc[0], curves.iloc[-1]
-        lines += [f"### {name}", "",
-                  f"Deletion AUC of the watched attribution maps {first['deletion_auc']:.3f} before training, "
-                  f"{last['deletion_auc']:.3f} after epoch {int(last['epoch'])} (lower: the maps point at the "
-                  f"pixels the prediction needs); silhouette of the embedding {first['silhouette']:.3f}, then "
-                  f"{last['silhouette']:.3f}.", ""]
+        moved = [f"{column.replace('_', ' ')} {first[column]:.3f} before training, {last[column]:.3f} after epoch "
+                 f"{int(last['epoch'])}" for column in curves.columns if column != "epoch"]
+        lines += [f"### {name}", "", "; ".join(moved).capitalize() + " (docs/watch.md says what they mean).", ""]
         shown = sorted({0, min(1, int(last["epoch"])), int(last["epoch"])})
         for kind in sorted(p for p in watched.iterdir() if p.is_dir()):
             lines += [f"{kind.name.replace('_', ' ')}, at steps {', '.join(map(str, shown))}:", "",
@@ -233,8 +232,14 @@ def data_card_lines(card: dict) -> list[str]:
     dropped = card.get("duplicates_dropped", {})
     if dropped:
         per_class = {k: v for k, v in dropped.get("per_class", {}).items() if v}
-        lines.append(f"- exact duplicates dropped from training: {_counts({k: v for k, v in dropped.items() if k != 'per_class'})}"
+        identical = (f"identical after resizing to {card['image_size']}x{card['image_size']}" if card.get("resized")
+                     else "identical pixel for pixel")
+        lines.append(f"- images {identical} dropped from training: "
+                     f"{_counts({k: v for k, v in dropped.items() if k != 'per_class'})}"
                      + (f" (by class: {_counts(per_class)})" if per_class else ""))
+    if card.get("repeated_in_test"):
+        lines.append(f"- test images identical to another test image (kept, so scored twice): "
+                     f"{card['repeated_in_test']:,}")
     return lines + [""]
 
 

@@ -30,11 +30,15 @@ AUGMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
 AUGMENT_OFF = {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0}
 
 
-def _augment(value):
-    """Batch-level training augmentation; keys left out are off."""
+def _augment(value, name: str):
+    """Batch-level training augmentation (the section `name`: train.augment, lenet.augment); keys left
+    out are off."""
     if value is None:
         return dict(AUGMENT_OFF)
-    return {**AUGMENT_OFF, **_check_section("augment", value, AUGMENT_CHECKS, required=False)}
+    return {**AUGMENT_OFF, **_check_section(name, value, AUGMENT_CHECKS, required=False)}
+
+
+_augment.nested = True  # checked as a section of its own, named by _check_section
 
 
 _augment.allowed = "a mapping of " + ", ".join(AUGMENT_CHECKS) + " (each optional: left out is off)"
@@ -141,10 +145,21 @@ def _check_section(name: str, section: Any, section_checks: dict[str, Callable[[
     cleaned = {}
     for key, value in section.items():
         try:
-            cleaned[key] = section_checks[key](value)
+            check = section_checks[key]
+            cleaned[key] = check(value, f"{name}.{key}") if getattr(check, "nested", False) else check(value)
         except ValueError as allowed:
             raise _fail(f"{name}.{key}", value, str(allowed)) from None
     return cleaned
+
+
+def _models_hint(got: Any, zoo: list[str]) -> str:
+    """What to write instead of a bad models list: a list for one name, the nearest name for a typo."""
+    import difflib
+    if isinstance(got, str):
+        return f" (a list even for one model: models: [{got}], or -S 'models=[{got}]')"
+    near = [difflib.get_close_matches(str(name), zoo, n=1) for name in got or [] if name not in zoo] \
+        if isinstance(got, list) else []
+    return f" (did you mean {near[0][0]}?)" if near and near[0] else ""
 
 
 def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
@@ -168,7 +183,8 @@ def validate(raw: Any, built: tuple[str, ...] | None = None) -> dict:
     try:
         params["models"] = checks.names(zoo)(raw["models"])
     except ValueError as allowed:
-        raise _fail("models", raw["models"], str(allowed)) from None
+        hint = _models_hint(raw["models"], zoo)
+        raise CnnlabError(str(_fail("models", raw["models"], str(allowed))) + hint) from None
     for model in zoo:
         section = raw.get(model)
         section = {} if section is None else section  # `lenet:` with nothing after it
@@ -285,10 +301,14 @@ def model_kwargs(params: dict, model: str) -> dict:
 
 # the training settings a user tunes, in the order the recipe line names them; the last ones only
 # when set (their defaults go without saying)
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "scheduler",
-               "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze", "device", "precision", "nproc")
-UNSAID = {"betas": [0.9, 0.999], "augment": None, "flip_tta": False, "weights": None, "freeze": False, "device": "auto",
-          "precision": "auto", "nproc": 1}
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "nesterov", "scheduler",
+               "step_size", "gamma", "loss", "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze",
+               "seed", "device", "precision", "memory_format", "compile", "nproc", "eval_batch_size")
+UNSAID = {"betas": [0.9, 0.999], "nesterov": False, "loss": "cross_entropy", "augment": None, "flip_tta": False,
+          "weights": None, "freeze": False, "seed": 0, "device": "auto", "precision": "auto", "memory_format": "auto",
+          "compile": False, "nproc": 1, "eval_batch_size": 256}
+USED_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),  # Adam's are betas
+                  "step_size": ("scheduler", "step"), "gamma": ("scheduler", "step")}
 
 
 def _shown(key: str, value: Any) -> str:
@@ -307,8 +327,10 @@ def describe_recipe(params: dict, model: str) -> str:
         value = cfg[key]
         if key in UNSAID and key not in own and _shown(key, value) in (str(UNSAID[key]), "off"):
             continue
-        if (key == "momentum") != (cfg["optimizer"] == "sgd") and key in ("momentum", "betas"):
-            continue  # momentum is SGD's; betas are Adam's
+        if key in USED_ONLY_WITH and cfg[USED_ONLY_WITH[key][0]] != USED_ONLY_WITH[key][1]:
+            continue
+        if key == "betas" and cfg["optimizer"] == "sgd":
+            continue
         part = f"{key} {_shown(key, value)}"
         if key in own:
             part += f" from {model}:" + (f", overriding train.{key} {_shown(key, shared[key])}"

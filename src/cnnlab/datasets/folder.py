@@ -53,6 +53,7 @@ UNSUPPORTED_HINT = {
 }
 SKIP_REASONS = ("hidden", "not_images", "outside_class_folders", *UNSUPPORTED_HINT)
 ORIENTATION = 0x0112  # the EXIF tag; values 2..8 need a flip or a turn (1 is upright)
+TRANSPOSING = (5, 6, 7, 8)  # the orientations that turn by 90 degrees: upright, width and height swap
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 GRAYSCALE_MODES = ("1", "L", "LA", "La", *HIGH_BIT_MODES)
@@ -93,6 +94,18 @@ def _only_unsupported(where: Path, counts: Counter) -> CnnlabError | None:
                        + "; ".join(UNSUPPORTED_HINT[kind][1] for kind in kinds))
 
 
+def _class_name(split_dir: Path, name: str) -> str:
+    """A class folder's name, which becomes a label in every figure and file: it must be text. A name
+    that is not UTF-8 (Latin-1 bytes from an old zip archive) stops here, shown with its bytes escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the bytes Python could not decode, kept as surrogates
+        shown = os.fsencode(name).decode("ascii", "backslashreplace")
+        raise CnnlabError(f"{os.path.join(split_dir, shown)}: a class folder whose name is not UTF-8 text; "
+                          f"rename it (e.g. with `convmv -f latin1 -t utf8 --notest -r`, or by hand)") from None
+    return name
+
+
 def list_images(split_dir: Path) -> Listing:
     """The classes and images of one split folder, walked without following folder links: a link back
     into the tree would list images twice, and train and test could share them. A linked folder, or a
@@ -110,7 +123,7 @@ def list_images(split_dir: Path) -> Listing:
             else:
                 listing.skipped["hidden"] += 1
         elif entry.is_dir():
-            listing.classes.append(entry.name)
+            listing.classes.append(_class_name(split_dir, entry.name))
         else:
             reason = skip_reason(entry.name)
             loose += reason is None
@@ -247,8 +260,8 @@ def fetch(spec: DatasetSpec, root: Path, mirror, verify: bool, path: str | None)
         for entry in os.scandir(base):
             if entry.is_dir() and hidden(entry.name):
                 ignored.add(entry.name)
-            elif not entry.is_dir():
-                skipped["hidden" if hidden(entry.name) else "outside_class_folders"] += 1
+            elif not entry.is_dir():  # as inside the split folders: an image is outside, a labels.csv not one
+                skipped[skip_reason(entry.name) or "outside_class_folders"] += 1
     card = {
         "source": str(base),
         "split_folders": {split: folder.name if split != "all" else "." for split, folder in folders.items()},
@@ -318,7 +331,9 @@ def _header(image) -> tuple:
         raise _Refused("a GIF image under another name; GIF is not supported", "convert it to PNG")
     frames = getattr(image, "n_frames", 1) if image.format in ("TIFF", "PNG", "WEBP") else 1  # not MPO's previews
     alpha = image.mode in ALPHA_MODES or "transparency" in image.info
-    return image.mode, orientation(image, header_only=True) != 1, frames, alpha, image.size
+    turn = orientation(image, header_only=True)
+    upright_size = image.size[::-1] if turn in TRANSPOSING else image.size
+    return image.mode, turn != 1, frames, alpha, upright_size
 
 
 def _cause(err: Exception, path: str) -> str:

@@ -19,6 +19,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,24 +103,34 @@ class StagedOutputs:
         if drawn_from(Path(target)) == digest:
             shutil.copyfile(target, written)
             return False
-        self.figure(written, draw(**data), dpi=dpi, staged=False, metadata={DRAWN_FROM: digest})
+        fig = draw(**data)
+        pixels = _pixels_key(digest, _rgba(fig, dpi))
+        self.figure(written, fig, dpi=dpi, staged=False, metadata={DRAWN_FROM: digest, PIXELS: pixels})
         return True
 
     def commit(self) -> None:
+        """Put every staged output in place or, if anything stops it half-way, every previous output
+        back: old or new, never a mix. Ctrl-C and SIGTERM wait until it is done (signals_held)."""
         for temporary, _ in self._pending:
             _fsync(temporary)  # on disk before the rename makes it the output: a crash leaves old or new
-        for temporary, target in self._pending:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(temporary, target)
-        for holder in {temporary.parent for temporary, _ in self._pending}:
-            shutil.rmtree(holder, ignore_errors=True)
-        self._pending.clear()
+        holders = {temporary.parent for temporary, _ in self._pending}
+        with signals_held():
+            done: list[tuple[Path, Path, Path]] = []
+            try:
+                for temporary, target in self._pending:
+                    done.append((temporary, target, temporary.parent / PREVIOUS / target.name))
+                    _swap_in(*done[-1])
+            except BaseException:
+                _finish(lambda: _swap_back(done))
+                raise
+            finally:
+                self._pending.clear()
+                _finish(lambda: _remove_all(holders))
 
     def discard(self) -> None:
-        for holder in {temporary.parent for temporary, _ in self._pending}:
-            shutil.rmtree(holder, ignore_errors=True)
+        holders = {temporary.parent for temporary, _ in self._pending}
         self._pending.clear()
+        _finish(lambda: _remove_all(holders))
 
     def hand_over(self, folder: Path) -> None:
         """Leave the staged outputs for the launching process to commit (which syncs them first) or
@@ -137,30 +150,123 @@ class StagedOutputs:
 
 
 DRAWN_FROM = "cnnlab drawn from"  # the PNG text key of a figure's digest (figure_of)
+PIXELS = "cnnlab pixels"  # the PNG text key binding that digest to the file's own pixels
 
 
 def figure_digest(draw: Callable[..., Any], data: dict, dpi: int) -> str:
     """What a figure is a function of: its data, in its order (the order of the models sets their
     colours and the legend), its dpi, the drawing function (by name, and its module's source, so
-    any edit to the drawing code redraws) and matplotlib's version. Not matplotlibrc settings: after
-    changing those, delete the figure to have it redrawn."""
+    any edit to the drawing code redraws), the saving code (this module's source), matplotlib's
+    version and the rcParams in effect (a matplotlibrc or a style changes the look). It imports
+    matplotlib for those, not pyplot (the drawing's cost)."""
     import hashlib
     import sys
     from importlib.metadata import version
+
+    import matplotlib
+    settings = [(key, str(matplotlib.rcParams[key])) for key in sorted(matplotlib.rcParams.keys())
+                if not key.startswith("backend")]  # not the look; and reading it imports pyplot
     digest = hashlib.sha256(json.dumps([f"{draw.__module__}.{draw.__qualname__}", data, dpi,
-                                        version("matplotlib")]).encode())
+                                        version("matplotlib"), settings]).encode())
     digest.update(Path(sys.modules[draw.__module__].__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
 
 
+def _pixels_key(digest: str, pixels: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(digest.encode() + pixels).hexdigest()
+
+
+def _rgba(fig, dpi: int) -> bytes:
+    """The pixels `figure` saves for `fig`: the same rendering, as raw RGBA."""
+    import io
+    raw = io.BytesIO()
+    fig.savefig(raw, dpi=dpi, bbox_inches="tight", format="rgba")
+    return raw.getvalue()
+
+
 def drawn_from(path: Path) -> str | None:
-    """The digest a figure of figure_of records; None for a missing, foreign or unreadable file."""
+    """The digest a figure of figure_of records; None for a missing, foreign or unreadable file, and
+    for a file whose pixels are not those the digest was saved with (a digest copied into another PNG)."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as image:
-            return getattr(image, "text", {}).get(DRAWN_FROM)
+            text = getattr(image, "text", {})
+            digest = text.get(DRAWN_FROM)
+            if digest is None or image.mode != "RGBA" or text.get(PIXELS) != _pixels_key(digest, image.tobytes()):
+                return None
+            return digest
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
+
+
+PREVIOUS = ".previous"  # in a holder: the outputs a commit replaces, until it has replaced them all
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _swap_in(temporary: Path, target: Path, aside: Path) -> None:
+    """Move `target` (if any) `aside`, then `temporary` into its place."""
+    if _exists(target):
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(target, aside)
+    os.replace(temporary, target)
+
+
+def _swap_back(done: list[tuple[Path, Path, Path]]) -> None:
+    """Undo _swap_in for every output in `done`, the last one possibly half-way, newest first: each
+    new output back to its temporary, each previous one back in place. Running it twice is harmless."""
+    for temporary, target, aside in reversed(done):
+        if not _exists(temporary) and _exists(target):
+            os.replace(target, temporary)
+        if _exists(aside):
+            os.replace(aside, target)
+
+
+def _remove_all(holders) -> None:
+    for holder in holders:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def _finish(step: Callable[[], None]) -> None:
+    """Run a clean-up `step` to its end even if a Ctrl-C breaks in once (signals_held cannot hold
+    it back outside the main thread): the step is run again, then the interruption goes on."""
+    try:
+        step()
+    except KeyboardInterrupt:
+        step()
+        raise
+
+
+@contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM back while the block runs: each takes effect, as it would have, once
+    the block ends. Only the main thread can set handlers; elsewhere the block runs unprotected."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = [signum for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None))
+            if signum is not None and signal.getsignal(signum) is not None]  # None: set outside Python
+    previous = {signum: signal.signal(signum, lambda got, frame: arrived.append(got)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            _deliver(signum, previous[signum])
+
+
+def _deliver(signum: int, handler) -> None:
+    """What a signal held back by signals_held would have done."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
 
 
 def _fsync(path: Path) -> None:

@@ -75,8 +75,16 @@ def file_problem(err: OSError) -> str:
     return f"{where}: {cause}; {fix}"
 
 
+INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+
+
 def _interrupted(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does
+    """SIGTERM (dvc, a scheduler) cleans up exactly as Ctrl-C does. The first one is enough: a
+    SIGTERM sent to the process group reaches a stage twice (from the sender, then from dvc or
+    the parent's death), and the second must not break the clean-up the first started."""
+    for interrupt in INTERRUPTS:
+        signal.signal(interrupt, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _end_with_parent() -> None:
@@ -95,17 +103,37 @@ def _end_with_parent() -> None:
         raise KeyboardInterrupt
 
 
+def _check_checkout() -> None:
+    """Refuse to run another checkout's code: a venv shared between two clones imports cnnlab from
+    the one its editable install points at, and dvc.lock would record results of code that never
+    ran. A stage runs in its checkout's root; an identical copy of the code (a test's) is the same."""
+    here = Path("src/cnnlab").resolve()
+    imported = Path(sys.modules["cnnlab"].__file__).resolve().parent
+    if not (here / "__init__.py").is_file() or here == imported or _same_code(here, imported):
+        return
+    raise CnnlabError(f"this stage would run the cnnlab code in {imported}, not this checkout's {here} "
+                      f"(a virtual environment shared with another clone?); run `pip install -e .` here, "
+                      f"or `export PYTHONPATH=$PWD/src`, and rerun")
+
+
+def _same_code(one: Path, other: Path) -> bool:
+    def sources(root: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*.py")}
+    return sources(one) == sources(other)
+
+
 def run(main, sweep: bool = True) -> None:
     """Entry point of every stage script (and of `python -m cnnlab.predict`, which sweeps nothing):
     user errors become one line on stderr and exit code 1. When `main` is the script Python runs
     (`_is_the_script`), the process ends as soon as it returns, its outputs in place."""
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _interrupted)
+    previous = {interrupt: signal.signal(interrupt, _interrupted) for interrupt in INTERRUPTS}
     started = time.perf_counter()
     try:
         _end_with_parent()
-        if sweep and sys.platform != "win32":  # it probes pids with os.kill(pid, 0): Ctrl-C on Windows
-            sweep_temporaries()
+        if sweep:  # a pipeline stage, run in its checkout (predict runs anywhere and sweeps nothing)
+            _check_checkout()
+            if sys.platform != "win32":  # it probes pids with os.kill(pid, 0): Ctrl-C on Windows
+                sweep_temporaries()
         main()
         record_timings(started)
     except (CnnlabError, OSError) as err:  # OSError: a file that cannot be read or written
@@ -119,6 +147,11 @@ def run(main, sweep: bool = True) -> None:
     except Exception as err:  # a bug, or a peer rank gone: the traceback stays, and the launcher gets a line
         torchrun.record_rank_failure(err)
         raise
+    finally:
+        if not _is_the_script(main):  # a test or a notebook gets its own handlers back
+            for interrupt, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(interrupt, handler)
     if _is_the_script(main):
         _end_process()
 

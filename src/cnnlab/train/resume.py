@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import cnnlab
+from cnnlab import CnnlabError
 from cnnlab.plumbing.outputs import write_atomically
 from cnnlab.train.history import new_record
 
@@ -29,8 +30,16 @@ class Resume:
                         torch_rng=torch.get_rng_state(),
                         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                         record=record, fingerprint=self.fingerprint)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, lambda path: torch.save(snapshot, path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, lambda path: torch.save(snapshot, path))
+        except (OSError, RuntimeError) as err:  # torch.save on a full disk: "PytorchStreamWriter failed ..."
+            full = ("PytorchStreamWriter", "unexpected pos")
+            if isinstance(err, RuntimeError) and not any(words in str(err) for words in full):
+                raise
+            cause = (err.strerror if isinstance(err, OSError) else None) or "could not be written (is the disk full?)"
+            raise CnnlabError(f"{self.path}: {cause} (the resume snapshot saved after each epoch); free some space "
+                              f"and rerun, or set train.resume: false to train without snapshots") from None
 
     def load(self, state: dict, label: str) -> dict:
         """Restore the last snapshot into `state`; return its record (a new one without a snapshot)."""
