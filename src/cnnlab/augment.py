@@ -1,17 +1,6 @@
 """Training augmentation on whole batches, on the training device, in pixel units (0..255) before
-normalisation. Every image of a batch gets its own random draw, but the work is a few tensor ops
-per batch: no per-sample Python, no PIL. Crop and flip only move pixels, so they run on the uint8
-batch (a quarter of the bytes of floats); the resampling and the noise run on floats.
-
-Options (`train.augment` in params.yaml, all off by default):
-  crop_padding  pad by this many black pixels, then crop back at a random offset (torchvision's
-                RandomCrop(size, padding)); 4 is the usual choice for CIFAR
-  hflip         mirror half of the images left-right (wrong for digits and text: a mirrored 3 is no 3)
-  shift, scale  a random translation of up to `shift` of the image size and a zoom of up to
-                +-`scale`, in one bilinear resample: the small moves that suit digits
-  noise         salt-and-pepper: this fraction of the pixel values set to 0 or 255 (half each),
-                the same function as the robustness analysis applies at test time
-"""
+normalisation: every image gets its own random draw from a few tensor ops per batch, no per-sample
+Python or PIL. The options are `train.augment`'s (params.yaml says what each does)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,8 @@
-"""Attribution maps and how far to trust them.
-
-Methods (each: model, normalised images, target classes -> one map per image [N, H, W]):
-- `gradcam`, `guided_gradcam`: on the layer the model's spec declares (convolutional models only);
-- `integrated_gradients`, `input_gradients`, `occlusion`: model-agnostic, from captum, so the MLP is
-  explained too;
-- `random`: a seeded random map, the baseline every method must beat.
-
-Checks, standard and cheap:
-- deletion and insertion (Petsiuk et al., RISE, 2018): pixels are removed from the image (set to
-  the data's mean, 0 after normalisation), or inserted into a mean image, in the order a map ranks
-  them; the explained class's probability is recorded at each step. The area under each curve is a
-  mean probability in [0, 1]: a faithful map has a low deletion AUC and a high insertion AUC.
-- model randomisation (Adebayo et al., "Sanity checks for saliency maps", 2018): the weights are
-  re-initialised layer by layer from the top (cascading) and the maps compared with the trained
-  model's by Spearman rank correlation; a map that barely changes explains the input, not the model.
-"""
+"""Attribution maps and how far to trust them. A method maps (model, normalised images, target classes)
+to one map per image [N, H, W]: Grad-CAM and Guided Grad-CAM on the layer the model's spec declares,
+captum's integrated gradients, input gradients and occlusion for any model, and a seeded random map as
+the baseline. `assess` scores each by deletion and insertion (Petsiuk et al., 2018) and by the model
+randomisation check (Adebayo et al., 2018)."""
 
 from __future__ import annotations
 

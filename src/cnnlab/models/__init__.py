@@ -1,17 +1,7 @@
-"""The model zoo: one module per model in this folder, each with a `spec = ModelSpec(...)` that
-declares, beside its constructor, what the rest of cnnlab needs to know about it (in the style of
-timm's per-model configs): its classifier head, the layer Grad-CAM explains, its pretrained weights
-and their input normalisation, and the smallest image it accepts. Nothing is guessed from a
-model's structure.
-
-A model's module is imported only when that model is built: every stage validates params.yaml,
-and the names of the models are this folder's file names, so adding or editing a model reruns
-only that model's stages (dvc.yaml's train/evaluate/analyze deps name `models/${item.model}.py`).
-Building blocks shared by several models live in blocks.py, which is not a model.
-
-To add a model: a file `<name>.py` here with a constructor and its `spec` (see lenet.py), and a
-`<name>:` section in params.yaml (docs/extending.md walks through it).
-"""
+"""The model zoo: one module per model in this folder, each a constructor and a `spec = ModelSpec(...)`
+declaring what the rest of cnnlab needs (its head, the layer Grad-CAM explains, pretrained weights, the
+smallest image it takes): nothing is guessed from a model's structure. A model's module is imported
+only when it is built, so editing one reruns only its stages. Adding one: docs/extending.md."""
 
 from __future__ import annotations
 
