@@ -365,3 +365,31 @@ def test_an_image_size_too_small_for_the_model_stops_before_training(tmp_path):
     params = base_params()
     with pytest.raises(CnnlabError, match=r"data.image_size 8 is too small for lenet \(it needs at least 12 pixels\)"):
         train_model("lenet", params, tmp_path / "prepared")
+
+
+def test_explanations_too_large_for_the_address_space_limit_are_one_line(prepared, tmp_path):
+    """Under a real limit (`prlimit --as`): analyze refuses before any analysis, naming
+    analyze.explain_samples, instead of dying inside integrated gradients. The limit leaves the
+    stage half the memory explain.peak_bytes estimates for its explanations."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit is not installed")
+    project = fresh(prepared, tmp_path)
+    edit_params(project, mlp={"hidden": 4096}, train={"epochs": 1}, analyze={"explain_samples": 2000})
+    train_once(project)
+    from cnnlab import explain
+    from cnnlab.engine.checkpoints import load_checkpoint
+    model, _ = load_checkpoint(project / "models" / "mlp.pt", torch.device("cpu"), expected="mlp")
+    needed = explain.peak_bytes(model, (1, 28, 28), 100, 4)
+    probe = subprocess.run([sys.executable, "-c", (  # what the stage has mapped when it checks
+        "import psutil, torch; from cnnlab.plumbing import stage; from cnnlab.analyze import analyze_model; "
+        "from cnnlab.results import write_result; from cnnlab.prepare import load_prepared; "
+        "from cnnlab.engine.checkpoints import load_checkpoint; "
+        "load_checkpoint('models/mlp.pt', torch.device('cpu'), expected='mlp'); load_prepared('data/prepared', ('test',)); "
+        "print(psutil.Process().memory_info().vms)")], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True, text=True, check=True)
+    limit = int(probe.stdout) + needed // 2
+    result = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "stages/analyze.py", "mlp"], cwd=project,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True)
+    assert_one_line_error(result, "params.yaml: analyze.explain_samples 2000 (scoring 4 attribution methods on 100 "
+                          "test images of 1x28x28 with mlp)", "of address space is left", "lower analyze.explain_samples")
+    assert not (project / "plots" / "analysis" / "mlp").exists() and not (project / "metrics" / "analysis").exists()
