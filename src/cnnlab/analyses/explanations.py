@@ -26,7 +26,7 @@ def verdict(method: str, scored: dict) -> str:
 
 
 def interval(scored: dict, curve: str) -> str:
-    return f"{scored[f'{curve}_minus_random_low']:+.3f} to {scored[f'{curve}_minus_random_high']:+.3f}"
+    return f"{scored[f'{curve}_minus_random_low']:+.4f} to {scored[f'{curve}_minus_random_high']:+.4f}"
 
 
 def run(s, findings, section) -> None:
