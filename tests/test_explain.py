@@ -43,7 +43,8 @@ def test_a_faithful_map_beats_random_on_a_model_that_relies_on_a_planted_patch(p
     for method in ("integrated_gradients", "occlusion"):
         assert numbers[method]["deletion_auc"] < random["deletion_auc"] - 0.3, numbers  # a clear margin
         assert numbers[method]["insertion_auc"] > random["insertion_auc"], numbers
-        assert numbers[method]["beats_random"], numbers
+        assert numbers[method]["beats_random"] and numbers[method]["faithfulness"] == "faithful", numbers
+        assert numbers[method]["images"] == 64 and numbers[method]["deletion_minus_random_high"] < 0
         # most of the map's mass lies on the patch (36 of 256 pixels)
         share = maps[method][:, 1:7, 1:7].sum() / maps[method].sum()
         assert share > 0.5, (method, float(share))
@@ -78,12 +79,84 @@ def test_probability_curves_start_and_end_at_the_clean_and_the_blank_image(patch
     maps = explain.random_map(3)(model, x, target)
     fractions, deletion, insertion = explain.probability_curves(model, x, target, maps, steps=4)
     with torch.no_grad():
-        clean = F.softmax(model(x), 1).gather(1, target.view(-1, 1)).mean().item()
-        blank = F.softmax(model(torch.zeros_like(x)), 1).gather(1, target.view(-1, 1)).mean().item()
-    assert fractions.tolist() == [0, 0.25, 0.5, 0.75, 1]
-    assert deletion[0] == pytest.approx(clean, abs=1e-6) and deletion[-1] == pytest.approx(blank, abs=1e-6)
-    assert insertion[0] == pytest.approx(blank, abs=1e-6) and insertion[-1] == pytest.approx(clean, abs=1e-6)
-    assert explain.area(np.array([0.0, 1.0]), np.array([1.0, 1.0])) == 1.0
+        clean = F.softmax(model(x), 1).gather(1, target.view(-1, 1))[:, 0].numpy()
+        blank = F.softmax(model(torch.zeros_like(x)), 1).gather(1, target.view(-1, 1))[:, 0].numpy()
+    assert fractions.tolist() == [0, 0.25, 0.5, 0.75, 1] and deletion.shape == insertion.shape == (64, 5)
+    assert np.allclose(deletion[:, 0], clean, atol=1e-6) and np.allclose(deletion[:, -1], blank, atol=1e-6)
+    assert np.allclose(insertion[:, 0], blank, atol=1e-6) and np.allclose(insertion[:, -1], clean, atol=1e-6)
+    assert explain.area(np.array([0.0, 1.0]), np.array([[1.0, 1.0], [0.0, 1.0]])).tolist() == [1.0, 0.5]
+
+
+def test_curves_of_images_in_chunks_equal_one_batch(patch_model, monkeypatch):
+    model, x = patch_model
+    target = model(x).argmax(1)
+    maps = explain.random_map(3)(model, x, target)
+    whole = explain.probability_curves(model, x, target, maps)
+    monkeypatch.setattr(explain, "PASS", 30)  # two images a pass
+    for one, other in zip(whole, explain.probability_curves(model, x, target, maps)):
+        assert np.allclose(one, other, atol=1e-6)
+
+
+def test_integrated_gradients_do_not_depend_on_how_many_images_a_pass_holds(patch_model, monkeypatch):
+    model, x = patch_model
+    target = model(x).argmax(1)
+    whole = explain.integrated_gradients(model, x, target)   # 16 images a pass
+    monkeypatch.setattr(explain, "PASS", 64)                 # 4
+    assert torch.allclose(whole, explain.integrated_gradients(model, x, target), atol=1e-6)
+
+
+def the_patch(model, images, target):
+    """The object itself: the planted patch, the only pixels the model's class depends on."""
+    mask = torch.zeros(images.shape[0], *images.shape[2:])
+    mask[:, 1:7, 1:7] = 1
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_verdict_needs_a_margin_over_the_images(patch_model, seed):
+    """A map drawn like the random one cannot be told from it, for any seed; the true object's mask
+    is faithful for every seed; the intervals and the number of images are recorded."""
+    model, x = patch_model
+    named = {"another_random": explain.random_map(seed + 100), "object": the_patch, "random": explain.random_map(seed)}
+    numbers = explain.assess(model, x, named, seed=seed, randomisation_images=2)[0]
+    alike, obj = numbers["another_random"], numbers["object"]
+    assert alike["faithfulness"] == "cannot be told from random" and not alike["beats_random"], alike
+    assert alike["deletion_minus_random_low"] < 0 < alike["deletion_minus_random_high"]
+    assert obj["faithfulness"] == "faithful" and obj["beats_random"], obj
+    assert obj["deletion_minus_random_high"] < 0 < obj["insertion_minus_random_low"]
+    assert all(n["images"] == 64 for n in numbers.values())
+    # the mask is the same map whatever the weights: it fails randomisation, so nothing is trusted
+    assert not obj["passes_randomization"] and explain.best(numbers) is None
+
+
+def test_no_best_when_the_only_faithful_looking_method_is_within_the_spread():
+    numbers = {"a": {"faithfulness": "cannot be told from random", "beats_random": False, "passes_randomization": True,
+                     "insertion_auc": 0.9, "deletion_auc": 0.1},
+               "b": {"faithfulness": "faithful", "beats_random": True, "passes_randomization": True,
+                     "insertion_auc": 0.6, "deletion_auc": 0.3}}
+    assert explain.best(numbers) == "b"
+    numbers["b"]["faithfulness"] = "no better than random"
+    assert explain.best(numbers) is None
+
+
+def test_the_verdict_words_follow_the_intervals():
+    assert explain.faithfulness((-0.2, -0.1), (0.1, 0.2)) == "faithful"
+    assert explain.faithfulness((-0.2, 0.01), (0.1, 0.2)) == "cannot be told from random"
+    assert explain.faithfulness((-0.2, -0.1), (-0.3, -0.1)) == "no better than random"
+    assert explain.faithfulness((0.0, 0.0), (0.0, 0.0)) == "cannot be told from random"  # random against itself
+    low, high = explain.paired_interval(np.full(50, 0.3), seed=0)
+    assert low == pytest.approx(0.3) and high == pytest.approx(0.3)
+
+
+def test_the_peak_estimate_counts_copies_maps_and_the_largest_pass():
+    """A 4x4 image through Flatten and Linear(16, 2): outputs of 64 and 8 bytes, 136 bytes of weights."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    image, outputs, weights = 64, 64 + 8, 136
+    pass_ = explain.PASS * 4 * (image + outputs)
+    assert explain.peak_bytes(model, (1, 4, 4), 10, 3) == 2 * weights + 10 * (image + 3 * 64) + pass_
+    many = explain.peak_bytes(model, (1, 4, 4), 1000, 3)     # all images at once (input gradients, Grad-CAM)
+    assert many == 2 * weights + 1000 * (image + 3 * 64) + 1000 * 4 * (image + outputs)
+    assert explain.peak_bytes(model, (1, 4, 4), 1000, 6) > many
 
 
 def test_every_model_of_the_zoo_gets_its_methods():

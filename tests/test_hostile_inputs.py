@@ -411,3 +411,31 @@ def test_a_real_full_disk_at_the_resume_snapshot(tmp_path):
         assert not snapshot.exists() and not list(disk.rglob(".cnnlab-tmp-*"))
     finally:  # lazily: the exception's traceback holds torch's writer, and the writer its file open
         subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_explanations_too_large_for_the_address_space_limit_are_one_line(prepared, tmp_path):
+    """Under a real limit (`prlimit --as`): analyze refuses before any analysis, naming
+    analyze.explain_samples, instead of dying inside integrated gradients. The limit leaves the
+    stage half the memory explain.peak_bytes estimates for its explanations."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit is not installed")
+    project = fresh(prepared, tmp_path)
+    edit_params(project, mlp={"hidden": 4096}, train={"epochs": 1}, analyze={"explain_samples": 2000})
+    train_once(project)
+    from cnnlab import explain
+    from cnnlab.engine.checkpoints import load_checkpoint
+    model, _ = load_checkpoint(project / "models" / "mlp.pt", torch.device("cpu"), expected="mlp")
+    needed = explain.peak_bytes(model, (1, 28, 28), 100, 4)
+    probe = subprocess.run([sys.executable, "-c", (  # what the stage has mapped when it checks
+        "import psutil, torch; from cnnlab.plumbing import stage; from cnnlab.analyze import analyze_model; "
+        "from cnnlab.results import write_result; from cnnlab.prepare import load_prepared; "
+        "from cnnlab.engine.checkpoints import load_checkpoint; "
+        "load_checkpoint('models/mlp.pt', torch.device('cpu'), expected='mlp'); load_prepared('data/prepared', ('test',)); "
+        "print(psutil.Process().memory_info().vms)")], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True, text=True, check=True)
+    limit = int(probe.stdout) + needed // 2
+    result = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "stages/analyze.py", "mlp"], cwd=project,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True)
+    assert_one_line_error(result, "params.yaml: analyze.explain_samples 2000 (scoring 4 attribution methods on 100 "
+                          "test images of 1x28x28 with mlp)", "of address space is left", "lower analyze.explain_samples")
+    assert not (project / "plots" / "analysis" / "mlp").exists() and not (project / "metrics" / "analysis").exists()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab import analyses, models
+from cnnlab import CnnlabError, analyses, explain, models
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint
 from cnnlab.engine.inference import autocast_dtype, memory_format_for
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.results import Result
-from cnnlab.runtime import pick_device
+from cnnlab.runtime import check_memory, pick_device
 
 
 def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options: dict,
@@ -20,6 +20,8 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
     model, ckpt = load_checkpoint(checkpoint_path, device, expected=name)
     data = load_prepared(prepared_dir, ("test",))
     labels = data["test"][1]
+    check_explanations_fit(name, model, tuple(data["test"][0].shape[1:]), min(options["explain_samples"], len(labels)),
+                           options, device)
     samples = one_per_class(labels, options["samples_per_class"], len(ckpt["classes"]), options["seed"])
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
@@ -27,3 +29,31 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
                                autocast_dtype(ckpt.get("precision", "fp32"), device), ckpt.get("flip_tta", False),
                                samples, [ckpt["classes"][int(labels[i])] for i in samples])
     return analyses.run_all(subject)
+
+
+def check_explanations_fit(name: str, model, image_shape: tuple[int, int, int], images: int, options: dict,
+                           device) -> None:
+    """Refuse up front, in one line naming analyze.explain_samples, explanations whose estimated peak
+    (explain.peak_bytes) does not fit in free memory or under the process's address-space limit."""
+    methods = len(explain.methods(models.spec(name).attribution_layer, options["seed"]))
+    needed = explain.peak_bytes(model, image_shape, images, methods)
+    what = (f"params.yaml: analyze.explain_samples {options['explain_samples']} (scoring {methods} attribution methods "
+            f"on {images:,} test images of {'x'.join(map(str, image_shape))} with {name})")
+    check_memory(needed, what, device)
+    room = address_space_room()
+    if device.type == "cpu" and room is not None and needed > room:
+        raise CnnlabError(f"{what} needs {needed / 2**30:,.2f} GiB but only {room / 2**30:,.2f} GiB of address "
+                          f"space is left under this process's limit (ulimit -v); lower analyze.explain_samples "
+                          f"or raise the limit")
+
+
+def address_space_room() -> int | None:
+    """Bytes this process may still map under its address-space limit (`ulimit -v`, `prlimit --as`),
+    or None when it has none."""
+    try:
+        import resource
+    except ImportError:  # Windows has no rlimits
+        return None
+    import psutil
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit - psutil.Process().memory_info().vms

@@ -1,8 +1,9 @@
 """Attribution maps and how far to trust them. A method maps (model, normalised images, target classes)
 to one map per image [N, H, W]: Grad-CAM and Guided Grad-CAM on the layer the model's spec declares,
 captum's integrated gradients, input gradients and occlusion for any model, and a seeded random map as
-the baseline. `assess` scores each by deletion and insertion (Petsiuk et al., 2018) and by the model
-randomisation check (Adebayo et al., 2018)."""
+the baseline. `assess` scores each by deletion and insertion (Petsiuk et al., 2018), compared with the
+random map image by image with a paired bootstrap, and by the model randomisation check (Adebayo et
+al., 2018); docs/analyses.md says what each verdict means."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from torch import nn
 
 Method = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 RANDOMISATION_LIMIT = 0.5  # a map whose rank correlation with the randomised model's stays above this fails
+CURVE_STEPS = 10           # points of each deletion and insertion curve, past the first
+IG_STEPS = 16              # integrated gradients' points on the path from the baseline to the image
+PASS = 256                 # images per forward pass where a method makes many of each (the steps, the patches)
+RESAMPLES = 1000           # bootstrap resamples of the images behind each verdict
+FAITHFUL, NO_BETTER, UNTOLD = "faithful", "no better than random", "cannot be told from random"
 
 
 def _pixels(attribution: torch.Tensor) -> torch.Tensor:
@@ -95,8 +101,12 @@ def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return _pixels(IntegratedGradients(model).attribute(x, target=target, n_steps=16,
-                                                        internal_batch_size=len(x) * 16))
+    """Integrated gradients from a mean (0) image, a few images at a time: captum needs at least two
+    steps of every image of a call in one pass, so a bounded pass needs bounded calls."""
+    images = PASS // IG_STEPS
+    ig = IntegratedGradients(model)
+    return torch.cat([_pixels(ig.attribute(x[i:i + images], target=target[i:i + images], n_steps=IG_STEPS,
+                                           internal_batch_size=PASS)) for i in range(0, len(x), images)])
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -110,7 +120,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.
     with torch.no_grad():
         found = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(x.shape[1], side, side),
                                            strides=(x.shape[1], stride, stride), baselines=0.0,
-                                           perturbations_per_eval=16)
+                                           perturbations_per_eval=max(1, PASS // len(x)))
     return found.sum(1).clamp_min(0).float()
 
 
@@ -142,10 +152,15 @@ def methods(attribution_layer: str | None, seed: int) -> dict[str, Method]:
 
 @torch.no_grad()
 def probability_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                       steps: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fractions of pixels, mean deletion curve, mean insertion curve): the target class's
-    probability after removing (or with only) the top-ranked fraction of pixels, at steps + 1
-    points from 0 to 1. All steps of all images run as one batch per curve."""
+                       steps: int = CURVE_STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fractions of pixels, deletion curves, insertion curves), a curve [steps + 1] per image: the
+    target class's probability after removing (or with only) the top-ranked fraction of pixels, at
+    steps + 1 points from 0 to 1. The steps of a few images at a time run as one batch per curve."""
+    chunk = max(1, PASS // (steps + 1))
+    if len(x) > chunk:
+        parts = [probability_curves(model, x[i:i + chunk], target[i:i + chunk], maps[i:i + chunk], steps)
+                 for i in range(0, len(x), chunk)]
+        return parts[0][0], np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
     n, pixels = x.shape[0], maps[0].numel()
     order = maps.flatten(1).argsort(1, descending=True)           # pixel ranks per image
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels).expand(n, -1))
@@ -156,12 +171,32 @@ def probability_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     for inside in (1 - kept, kept):   # deletion keeps what is not yet removed; insertion what is added
         images = (x.unsqueeze(0) * inside).flatten(0, 1)
         probs = F.softmax(model(images).float(), 1).view(steps + 1, n, -1)
-        curves.append(probs.gather(2, target.view(1, n, 1).expand(steps + 1, n, 1))[..., 0].mean(1).numpy())
+        curves.append(probs.gather(2, target.view(1, n, 1).expand(steps + 1, n, 1))[..., 0].T.cpu().numpy())
     return fractions.numpy(), curves[0], curves[1]
 
 
-def area(fractions: np.ndarray, curve: np.ndarray) -> float:
-    return float(np.trapezoid(curve, fractions))
+def area(fractions: np.ndarray, curves: np.ndarray) -> np.ndarray:
+    """The area under each curve (the last axis): a mean probability in [0, 1]."""
+    return np.trapezoid(curves, fractions, axis=-1)
+
+
+def paired_interval(differences: np.ndarray, seed: int) -> tuple[float, float]:
+    """A percentile-bootstrap interval of the mean of per-image differences, images resampled with
+    the same seeded draws for every method and curve (so the pairs stay paired). Each is a 97.5%
+    interval, so that a verdict resting on two (deletion and insertion) holds with 95% (Bonferroni)."""
+    draws = np.random.default_rng(seed).integers(0, len(differences), (RESAMPLES, len(differences)))
+    low, high = np.percentile(differences[draws].mean(1), [1.25, 98.75])
+    return float(low), float(high)
+
+
+def faithfulness(deletion: tuple[float, float], insertion: tuple[float, float]) -> str:
+    """The verdict from the intervals of (method - random) AUC: deletion must lie below 0 and
+    insertion above it."""
+    if deletion[1] < 0 < insertion[0]:
+        return FAITHFUL
+    if deletion[0] > 0 or insertion[1] < 0:
+        return NO_BETTER
+    return UNTOLD
 
 
 def cascade(model: nn.Module, seed: int) -> list[tuple[str, nn.Module]]:
@@ -178,6 +213,30 @@ def cascade(model: nn.Module, seed: int) -> list[tuple[str, nn.Module]]:
     return steps
 
 
+def peak_bytes(model: nn.Module, image_shape: tuple[int, int, int], images: int, methods: int,
+               steps: int = CURVE_STEPS) -> int:
+    """An estimate of the most memory `assess` adds for `images` images of `image_shape` (channels,
+    height, width) and `methods` methods: the model's randomised copies, the images and every
+    method's maps, and its largest pass. Input gradients and Grad-CAM pass all images at once;
+    integrated gradients, occlusion and the curves at most PASS. Each image of a pass holds four
+    times the image and every layer's output: the outputs, their gradients, and the copies autograd
+    and captum make (measured on a 2-core Xeon: lenet, 2000 images of 28x28, 382 MiB)."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda mod, inputs, output: sizes.append(output.numel() * output.element_size()))
+             for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    image = 4 * int(np.prod(image_shape))
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    layers = sum(1 for m in model.modules() if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)))
+    kept = images * (image + methods * 4 * image_shape[1] * image_shape[2])
+    return (layers + 1) * parameters + kept + max(images, PASS) * 4 * (image + sum(sizes))
+
+
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean Spearman correlation between matching maps (a map with no variation counts as 0)."""
     values = []
@@ -187,41 +246,59 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.mean(values))
 
 
-def assess(model: nn.Module, x: torch.Tensor, named: dict[str, Method], seed: int, steps: int = 10,
+def assess(model: nn.Module, x: torch.Tensor, named: dict[str, Method], seed: int, steps: int = CURVE_STEPS,
            randomisation_images: int = 8) -> tuple[dict, list[dict], list[dict], dict[str, torch.Tensor]]:
-    """Each method's maps for the images `x` (explaining the predicted class), scored.
+    """Each method's maps for the images `x` (explaining the predicted class), scored against the
+    method named "random", which `named` must hold.
 
-    Returns (numbers per method: deletion_auc, insertion_auc, randomized_spearman, passes; curve
-    rows: method, curve, fraction, probability; cascade rows: method, layer, spearman; the maps)."""
+    Returns (numbers per method: deletion_auc and insertion_auc (means over the images), images,
+    the 95% intervals of the mean per-image difference from random's AUC (deletion_minus_random_low
+    and _high, insertion_minus_random_low and _high), faithfulness (the verdict word), beats_random
+    (faithful), randomized_spearman, passes_randomization; curve rows (mean curves): method, curve,
+    fraction, probability; cascade rows: method, layer, spearman; the maps)."""
+    if "random" not in named:
+        raise ValueError("assess needs a method named 'random' to compare the others with")
     model.eval()
     with torch.no_grad():
         target = model(x).argmax(1)
-    numbers, curves, cascade_rows, maps = {}, [], [], {}
+    numbers, curves, cascade_rows, maps, aucs = {}, [], [], {}, {}
     randomised = cascade(model, seed)
     few = slice(0, randomisation_images)
     for name, method in named.items():
         maps[name] = method(model, x, target).detach().float().cpu()
         fractions, deletion, insertion = probability_curves(model, x, target, maps[name].to(x.device), steps)
         curves += [{"method": name, "curve": kind, "fraction": round(float(f), 4), "probability": float(p)}
-                   for kind, values in (("deletion", deletion), ("insertion", insertion))
+                   for kind, values in (("deletion", deletion.mean(0)), ("insertion", insertion.mean(0)))
                    for f, p in zip(fractions, values)]
         rho = 1.0
         for layer, random_model in randomised:
             rho = rank_correlation(maps[name][few], method(random_model, x[few], target[few]).detach().float().cpu())
             cascade_rows.append({"method": name, "layer": layer, "spearman": rho})
-        numbers[name] = {"deletion_auc": area(fractions, deletion), "insertion_auc": area(fractions, insertion),
-                         "randomized_spearman": rho}
-    random = numbers.get("random")
+        aucs[name] = {"deletion": area(fractions, deletion), "insertion": area(fractions, insertion)}
+        numbers[name] = {"deletion_auc": float(aucs[name]["deletion"].mean()),
+                         "insertion_auc": float(aucs[name]["insertion"].mean()), "randomized_spearman": rho}
     for name, n in numbers.items():
-        n["beats_random"] = random is None or name == "random" or (
-            n["deletion_auc"] < random["deletion_auc"] and n["insertion_auc"] > random["insertion_auc"])
+        n.update(against_random(aucs[name], aucs["random"], seed))
         n["passes_randomization"] = n["randomized_spearman"] < RANDOMISATION_LIMIT
     return numbers, curves, cascade_rows, maps
 
 
+def against_random(method: dict[str, np.ndarray], random: dict[str, np.ndarray], seed: int) -> dict:
+    """A method's per-image deletion and insertion AUCs compared with the random map's on the same
+    images: the intervals, how many images they rest on and the verdict."""
+    found = {"images": len(method["deletion"])}
+    for curve in ("deletion", "insertion"):
+        low, high = paired_interval(method[curve] - random[curve], seed)
+        found.update({f"{curve}_minus_random_low": low, f"{curve}_minus_random_high": high})
+    found["faithfulness"] = faithfulness((found["deletion_minus_random_low"], found["deletion_minus_random_high"]),
+                                         (found["insertion_minus_random_low"], found["insertion_minus_random_high"]))
+    found["beats_random"] = found["faithfulness"] == FAITHFUL
+    return found
+
+
 def best(numbers: dict) -> str | None:
-    """The method with the widest gap between insertion and deletion AUC that beats random and
-    passes the randomisation check (None when none does)."""
-    trusted = [name for name, n in numbers.items() if name != "random" and n["beats_random"]
-               and n["passes_randomization"]]
+    """The method with the widest gap between insertion and deletion AUC among those that are
+    faithful (beat random by the bootstrap's margin) and pass the randomisation check (None when
+    none does)."""
+    trusted = [name for name, n in numbers.items() if n["faithfulness"] == FAITHFUL and n["passes_randomization"]]
     return max(trusted, key=lambda name: numbers[name]["insertion_auc"] - numbers[name]["deletion_auc"], default=None)

@@ -18,11 +18,15 @@ PLOTS = {
 
 
 def verdict(method: str, scored: dict) -> str:
-    """What an attribution method's numbers say about it (explain.assess's booleans)."""
+    """What an attribution method's numbers say about it: explain.assess's verdict word against the
+    random map, and the randomisation check."""
     if method == "random":
         return "baseline (ignores the model)"
-    return (("faithful" if scored["beats_random"] else "no better than random")
-            + ("" if scored["passes_randomization"] else ", fails the randomisation check"))
+    return scored["faithfulness"] + ("" if scored["passes_randomization"] else ", fails the randomisation check")
+
+
+def interval(scored: dict, curve: str) -> str:
+    return f"{scored[f'{curve}_minus_random_low']:+.4f} to {scored[f'{curve}_minus_random_high']:+.4f}"
 
 
 def run(s, findings, section) -> None:
@@ -40,6 +44,9 @@ def run(s, findings, section) -> None:
     findings.tables["randomization"] = cascade_rows
     findings.tables["verdicts"] = [{"method": method, "deletion AUC (lower: better)": n["deletion_auc"],
                                     "insertion AUC (higher: better)": n["insertion_auc"],
+                                    "deletion AUC minus random's (97.5% interval)": interval(n, "deletion"),
+                                    "insertion AUC minus random's (97.5% interval)": interval(n, "insertion"),
+                                    "images": n["images"],
                                     "rank correlation after randomising the weights": n["randomized_spearman"],
                                     "verdict": verdict(method, n) + (" (best)" if method == best else "")}
                                    for method, n in numbers.items()]
@@ -61,14 +68,21 @@ def run(s, findings, section) -> None:
 
 def summary(numbers: dict, best: str | None) -> str:
     methods = [m for m in numbers if m != "random"]
-    beat = [m for m in methods if numbers[m]["beats_random"]]
+    by_word = {word: [m for m in methods if numbers[m]["faithfulness"] == word]
+               for word in (explain.FAITHFUL, explain.NO_BETTER, explain.UNTOLD)}
     failed = [m for m in methods if not numbers[m]["passes_randomization"]]
-    random = numbers.get("random", {})
-    said = (f"Of {len(methods)} attribution methods, {len(beat)} beat a random map on both deletion and insertion "
-            f"(random: {random.get('deletion_auc', float('nan')):.3f} / {random.get('insertion_auc', float('nan')):.3f})"
-            + (f": {', '.join(beat)}" if beat else "") + ". ")
-    if set(methods) - set(beat):
-        said += f"No better than random: {', '.join(m for m in methods if m not in beat)}. "
+    random = numbers["random"]
+    said = (f"Each verdict rests on {random['images']} test images: a method is faithful only when the interval "
+            f"(paired bootstrap over the images, 97.5% for each curve, 95% together) of its AUC minus the random "
+            f"map's lies below 0 for deletion and above 0 for insertion (random: {random['deletion_auc']:.3f} / {random['insertion_auc']:.3f}). ")
+    if len(by_word[explain.UNTOLD]) == len(methods):
+        said += (f"No method can be told from a random map on these {random['images']} images; more images "
+                 f"(analyze.explain_samples) may tell them apart. ")
+    elif not by_word[explain.FAITHFUL]:
+        said += f"No method beats a random map on these {random['images']} images. "
+    for word, found in by_word.items():
+        if found:
+            said += f"{word[0].upper() + word[1:]}: {', '.join(found)}. "
     said += (f"Failing the randomisation check (maps that barely change when the weights are re-initialised): "
              f"{', '.join(failed)}. " if failed else "Every method's maps change when the weights are re-initialised. ")
     return said + (f"The most faithful trusted method is {best}." if best else "No method is both faithful and model-dependent.")

@@ -67,7 +67,7 @@ class Watch:
         with torch.no_grad():
             target = model(x).argmax(1)
         fractions, deletion, _ = explain.probability_curves(model, x, target, self.attribute(model, x).to(x.device))
-        return explain.area(fractions, deletion)
+        return float(explain.area(fractions, deletion).mean())
 
     def silhouette_score(self, model: nn.Module) -> float:
         features = embeddings(model, model.get_submodule(self.head), self.val, self.silhouette, 256)
