@@ -33,7 +33,7 @@ def test_every_model_yields_penultimate_features_and_activations(name):
     model = build(name, 1, 10, 28)
     images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
     data = DeviceSplit(images, torch.randint(0, 10, (20,)), [0.5], [0.25], torch.device("cpu"))
-    features = embeddings(model, model.get_submodule(spec(name).head), data, torch.arange(20), 8)
+    features = embeddings(model, model.get_submodule(spec(name).path(spec(name).head)), data, torch.arange(20), 8)
     assert features.shape[0] == 20 and features.dim() == 2
     records = capture_activations(model, data.normalise(images[:2]))
     # every leaf module reports each of its calls (ResNet's blocks call their ReLU twice)
@@ -136,7 +136,7 @@ def test_grad_cam_of_a_trained_lenet_lies_on_the_object():
     result = fit(model, train, val, {**CFG, "epochs": 4}, generator)
     assert result["val_accuracy"] > 0.9
     images = val.images[:40]
-    cam, predicted, layer = grad_cam(model, spec("lenet").attribution_layer, val.normalise(images))
+    cam, predicted, layer = grad_cam(model, spec("lenet").path(spec("lenet").attribution_layer), val.normalise(images))
     assert layer == "5 (ReLU)"  # the last block's output, after pooling and the ReLU
     block = (images[:, 0] >= 180).float()  # the bright block: the only pixels that carry the class
     area = block.mean().item()
@@ -156,7 +156,7 @@ def test_guided_backprop_leaves_the_model_as_it_was(name):
     flags = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     before = model(x)
-    cam, guided, target, layer = guided_grad_cam(model, spec(name).attribution_layer, x)
+    cam, guided, target, layer = guided_grad_cam(model, spec(name).path(spec(name).attribution_layer), x)
     assert cam.shape == guided.shape == (2, 32, 32) and guided.min() >= 0 and guided.max() <= 1
     assert [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)] == flags
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules() if m is not model)

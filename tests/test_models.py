@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, models
 from cnnlab.engine.checkpoints import checkpoint, count_parameters, load_checkpoint
 from cnnlab.models import build, names
 
@@ -163,3 +163,19 @@ def test_resnet_small_is_the_cifar_resnet_20():
         stage.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert sizes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+@pytest.mark.parametrize("name", names())
+def test_a_spec_names_its_layers_and_the_names_find_them(name):
+    """Specs name the head and the attribution layer ("fc3", "relu2"), not count them; a Sequential's
+    layer names, one per layer, leave the checkpoint's keys as they are."""
+    spec = models.spec(name)
+    model = build(name, 3, 10, 64)
+    if spec.layers:
+        assert isinstance(model, torch.nn.Sequential) and len(spec.layers) == len(model)
+        assert len(set(spec.layers)) == len(spec.layers)
+    for layer in (spec.head, spec.attribution_layer):
+        if layer is not None:
+            assert not layer.isdigit(), f"models/{name}.py: name the layer, not its position ({layer})"
+            model.get_submodule(spec.path(layer))
+    assert isinstance(model.get_submodule(spec.path(spec.head)), torch.nn.Linear)

@@ -187,7 +187,7 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
     out = sh(a, env, "dvc", "exp", "run", "-S", "models=[mlp,lenet,tiny]")
     assert set(ran(out)) == {"train@tiny", "evaluate@tiny", "analyze@tiny", "report"}
     assert json.loads((a / "metrics/scores.json").read_text())["test"]["tiny"] > 0.3  # chance: 0.1
-    assert json.loads((a / "metrics/analysis/tiny.json").read_text())["gradcam_layer"] == "2 (ReLU)"
+    assert json.loads((a / "metrics/analysis/tiny.json").read_text())["gradcam_layer"] == "relu (ReLU)"
 
     (a / "src/cnnlab/analyses/confidence.py").write_text(python[1])
     every = {f"analyze@{m}" for m in [*MODELS, "tiny"]}  # the workspace now trains tiny too

@@ -24,7 +24,7 @@ def run(s, findings, section) -> None:
     seed = s.options["seed"]
     subsample = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed))
     subsample = subsample[:s.options["tsne_samples"]].sort().values
-    features = embeddings(s.model, s.model.get_submodule(s.spec.head), s.test, subsample, s.options["batch_size"],
+    features = embeddings(s.model, s.model.get_submodule(s.spec.path(s.spec.head)), s.test, subsample, s.options["batch_size"],
                           s.dtype).numpy()
     pixels = s.test.normalise(s.test.images.index_select(0, subsample.to(s.test.images.device))).flatten(1)
     sub_labels = s.labels[subsample].numpy()

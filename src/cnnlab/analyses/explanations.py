@@ -33,7 +33,7 @@ def run(s, findings, section) -> None:
     seed = s.options["seed"]
     subset = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed + 1))[:s.options["explain_samples"]]
     x = s.test.normalise(s.test.images.index_select(0, subset.sort().values.to(s.test.images.device)))
-    named = explain.methods(s.spec.attribution_layer, seed)
+    named = explain.methods(s.spec.path(s.spec.attribution_layer), seed)
     numbers, curves, cascade_rows, _ = explain.assess(s.model, x, named, seed)
     best = explain.best(numbers)
     findings.metrics["explanations"] = numbers

@@ -21,7 +21,9 @@ def run(s, findings, section) -> None:
         section["text"].append("No spatial layer to explain (models/" + s.name + ".py declares none): no Grad-CAM.")
         return
     raw = s.sample_images
-    cam, guided, predicted, layer = explain.guided_grad_cam(s.model, s.spec.attribution_layer, s.test.normalise(raw))
+    path = s.spec.path(s.spec.attribution_layer)
+    cam, guided, predicted, _ = explain.guided_grad_cam(s.model, path, s.test.normalise(raw))
+    layer = f"{s.spec.attribution_layer} ({type(s.model.get_submodule(path)).__name__})"
     grey = raw.float().mean(1)
     on_object = (grey > grey.flatten(1).mean(1).view(-1, 1, 1)).float()
     object_mass, guided_mass = float(mass_on(cam, on_object).mean()), float(mass_on(guided, on_object).mean())

@@ -37,6 +37,8 @@ class ModelSpec:
     min_image_size: the smallest data.image_size the architecture accepts.
     init_from_data: (model, normalised training images) -> None, or None: a start computed from
         the data (airbench's whitening stem), run once before a fit that starts from scratch.
+    layers: the names of a Sequential's layers, in order, so that `head` and `attribution_layer` name
+        them ("fc3", "relu2") rather than count them.
     """
     build: Callable[..., "nn.Module"]
     head: str
@@ -46,6 +48,12 @@ class ModelSpec:
     pretrained_std: tuple[float, ...] = IMAGENET_STD
     min_image_size: int = 1
     init_from_data: Callable[["nn.Module", "torch.Tensor"], None] | None = None
+    layers: tuple[str, ...] = ()
+
+    def path(self, layer: str | None) -> str | None:
+        """Where a layer the spec names sits in the built model: its position when `layers` names a
+        Sequential's layers in order (the checkpoint's keys stay the Sequential's), else its own path."""
+        return str(self.layers.index(layer)) if layer in self.layers else layer
 
 
 def names() -> tuple[str, ...]:
@@ -83,9 +91,9 @@ def build(name: str, in_channels: int, num_classes: int, image_size: int, **kwar
 
 def head(name: str, model: "nn.Module") -> "nn.Module":
     """The declared classifier head of a built model."""
-    return model.get_submodule(spec(name).head)
+    return model.get_submodule(spec(name).path(spec(name).head))
 
 
 def attribution_layer(name: str, model: "nn.Module") -> "nn.Module | None":
-    layer = spec(name).attribution_layer
+    layer = spec(name).path(spec(name).attribution_layer)
     return None if layer is None else model.get_submodule(layer)

@@ -21,4 +21,6 @@ def cnn(in_channels: int, num_classes: int, image_size: int, *, dropout: Dropout
     )
 
 
-spec = ModelSpec(build=cnn, head="10", attribution_layer="5", min_image_size=4)
+spec = ModelSpec(build=cnn, head="fc2", attribution_layer="relu2", min_image_size=4,
+                 layers=("conv1", "pool1", "relu1", "conv2", "pool2", "relu2", "flatten", "fc1", "relu3", "dropout",
+                         "fc2"))

@@ -17,4 +17,5 @@ def cnn_small(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     )
 
 
-spec = ModelSpec(build=cnn_small, head="7", attribution_layer="5", min_image_size=4)
+spec = ModelSpec(build=cnn_small, head="fc", attribution_layer="relu2", min_image_size=4,
+                 layers=("conv1", "pool1", "relu1", "conv2", "pool2", "relu2", "flatten", "fc"))

@@ -22,4 +22,6 @@ def lenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
 
 # Grad-CAM on the ReLU ending the second block (16 maps of 5x5 on MNIST); the 5x5 conv needs
 # images of at least 12 pixels to leave one
-spec = ModelSpec(build=lenet, head="11", attribution_layer="5", min_image_size=12)
+spec = ModelSpec(build=lenet, head="fc3", attribution_layer="relu2", min_image_size=12,
+                 layers=("conv1", "pool1", "relu1", "conv2", "pool2", "relu2", "flatten", "fc1", "relu3", "fc2", "relu4",
+                         "fc3"))

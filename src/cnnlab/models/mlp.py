@@ -21,4 +21,5 @@ def mlp(in_channels: int, num_classes: int, image_size: int, *,
 
 
 # no spatial maps: no Grad-CAM; model-agnostic attributions explain it
-spec = ModelSpec(build=mlp, head="7", attribution_layer=None)
+spec = ModelSpec(build=mlp, head="fc3", attribution_layer=None,
+                 layers=("flatten", "fc1", "relu1", "dropout1", "fc2", "relu2", "dropout2", "fc3"))

@@ -28,4 +28,5 @@ def resnet_small(in_channels: int, num_classes: int, image_size: int, *,
     )
 
 
-spec = ModelSpec(build=resnet_small, head="8", attribution_layer="5")
+spec = ModelSpec(build=resnet_small, head="fc", attribution_layer="stage3",
+                 layers=("stem", "stem_bn", "stem_relu", "stage1", "stage2", "stage3", "pool", "flatten", "fc"))

@@ -22,4 +22,5 @@ def speedrun(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
 
 
 # Grad-CAM on the ReLU ending the second block; both convs and pools need at least 14 pixels
-spec = ModelSpec(build=speedrun, head="9", attribution_layer="5", min_image_size=14)
+spec = ModelSpec(build=speedrun, head="fc2", attribution_layer="relu2", min_image_size=14,
+                 layers=("conv1", "pool1", "relu1", "conv2", "pool2", "relu2", "flatten", "fc1", "relu3", "fc2"))

@@ -36,7 +36,7 @@ def build_model(name: str, options: dict, cfg: dict, info: dict, device: torch.d
                               "GPUs only); set it to false for processes on a CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg["freeze"]:
-        freeze_all_but(model, spec.head)
+        freeze_all_but(model, spec.path(spec.head))
     model = model.to(device)
     return model.to(memory_format=memory_format_for(model, cfg["memory_format"])), info
 

@@ -1,7 +1,7 @@
 """Watching a network learn: at step 0 (untrained) and after every epoch, pictures of its inside (the
 first layer's filters, the feature maps of one fixed validation image, an attribution method's maps of
-one fixed validation image per class) and two curves (the method's deletion AUC on a fixed subset, the
-silhouette of a fixed subset's embedding). Images and subsets are fixed, so two runs' steps compare.
+one fixed validation image per class) and two curves (the method's deletion AUC on a fixed subset, each
+image's probability relative to its start, and the silhouette of a fixed subset's embedding). Images and subsets are fixed, so two runs' steps compare.
 
 Drawn with numpy alone, as uint8 RGB arrays: matplotlib would cost more than the fit of a small model.
 Nothing here draws random numbers or changes the model, so a watched fit trains exactly as an unwatched one.
@@ -30,7 +30,7 @@ class Watch:
         if method in ("gradcam", "guided_gradcam") and spec.attribution_layer is None:
             raise CnnlabError(f"params.yaml: train.watch_method {method} needs a spatial layer and models/{name}.py "
                               f"declares none; use integrated_gradients, input_gradients or occlusion for {name}")
-        self.head, self.method = spec.head, explain.methods(spec.attribution_layer, seed)[method]
+        self.head, self.method = spec.path(spec.head), explain.methods(spec.path(spec.attribution_layer), seed)[method]
         order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
         self.per_class = one_per_class(val.labels.cpu(), 1, classes, seed)
         self.deletion = order[:DELETION_IMAGES].sort().values
@@ -67,7 +67,8 @@ class Watch:
         with torch.no_grad():
             target = model(x).argmax(1)
         fractions, deletion, _ = explain.probability_curves(model, x, target, self.attribute(model, x).to(x.device))
-        return float(explain.area(fractions, deletion).mean())
+        # each image's curve relative to its own starting probability: an untrained net is sure of nothing
+        return float(explain.area(fractions, deletion / np.maximum(deletion[:, :1], 1e-12)).mean())
 
     def silhouette_score(self, model: nn.Module) -> float:
         features = embeddings(model, model.get_submodule(self.head), self.val, self.silhouette, 256)
