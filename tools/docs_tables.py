@@ -141,12 +141,23 @@ def params_reference() -> str:
     per_model = []
     for name in models.names():
         signature = inspect.signature(models.spec(name).build).parameters
+        shipped = raw.get(name) or {}
         for option, check in models.options(name).items():
-            module = sys.modules[models.spec(name).build.__module__]
-            per_model.append([f"`{name}.{option}`", _allowed(check), f"`{_default(signature[option].default)}`",
-                              (module.__doc__ or "").strip().split("\n")[0]])
+            default = shipped.get(option, signature[option].default)
+            per_model.append([f"`{name}.{option}`", _allowed(check), f"`{_default(default)}`",
+                              said.get(f"{name}.{option}") or OPTION_TEXT[option]])
     return table + "\nModel options (in the model's own section, beside any `train:` key it overrides):\n\n" + \
-        markdown_table(["key", "allowed", "default", "model"], per_model)
+        markdown_table(["key", "allowed", "default", "what it does"], per_model)
+
+
+OPTION_TEXT = {  # what a model option does, where params.yaml has no comment beside it
+    "width": "channels of the first stage; later stages have multiples of it",
+    "input_size": "each batch is resized to this square size before the first conv",
+    "dropout": "the probability that dropout zeroes a unit of the hidden layers",
+    "hidden": "units in each of the two hidden layers",
+    "stem": "cifar: a 3x3/1 conv, no max-pool (32x32 images); imagenet: a 7x7/2 conv and a max-pool",
+    "blocks": "residual blocks per stage (3: ResNet-20, 9: ResNet-56)",
+}
 
 
 def json_schema() -> dict:
@@ -173,14 +184,43 @@ def json_schema() -> dict:
             "properties": sections}
 
 
-TABLES = {"results": results, "embeddings": embeddings, "explanations": explanations, "studies": studies,
+def pipeline_time() -> str:
+    """How long the shipped pipeline takes, per stage and for the user's loop (benchmarks/results/pipeline.json)."""
+    found = _read_json(ROOT / "benchmarks" / "results" / "pipeline.json")
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    stages = found["runs"][0]["stages"]
+    walls = {stage: median([run["stages"][stage]["wall"] for run in found["runs"]]) for stage in stages}
+    rows = [[f"`{stage}`", f"{wall:.0f} s"] for stage, wall in walls.items()]
+    rows.append(["**`dvc repro -f`, all stages**", f"**{median([run['total'] for run in found['runs']]):.0f} s**"])
+    rows += [[f"`{loop['command']}`", f"{median(loop['seconds']):.0f} s"] for loop in found["loop"].values()]
+    env = found["env"]
+    return markdown_table(["what runs", "seconds (median)"], rows) + \
+        (f"\nMeasured on {env['device_name']} ({env['threads']} threads), torch {env['torch']} by "
+         f"`python benchmarks/pipeline.py` (benchmarks/results/pipeline.md).\n")
+
+
+def epochs_of_their_own() -> str:
+    """The sections of params.yaml that set their own epochs, so `-S train.epochs=N` does not reach them."""
+    raw = read_yaml((ROOT / "params.yaml").read_text())
+    own = [f"`{name}` ({raw[name]['epochs']})" for name in models.names()
+           if isinstance(raw.get(name), dict) and "epochs" in raw[name]]
+    return "Sections that set their own `epochs` (so `-S train.epochs=N` does not reach them; use " \
+        "`-S <model>.epochs=N`): " + ", ".join(own) + ".\n"
+
+
+TABLES = {"results": results, "pipeline-time": pipeline_time, "epochs-of-their-own": epochs_of_their_own, "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 
 
-def include(path: str) -> str:
-    """The tables (and their captions) of a committed benchmark report, without its title."""
-    text = (ROOT / path).read_text()
-    return re.sub(r"^# .*\n\n?", "", text, count=1)
+def include(spec: str) -> str:
+    """The tables (and their captions) of a committed benchmark report, without its title;
+    `PATH tables=N`: up to the end of its N-th table only."""
+    path, _, first = spec.partition(" tables=")
+    text = re.sub(r"^# .*\n\n?", "", (ROOT / path).read_text(), count=1)
+    if first:
+        tables = list(re.finditer(r"(?m)(^\|.*\n)+", text))
+        text = text[:tables[int(first) - 1].end()]
+    return re.sub(r"<!-- /?table(: [^>]*)? -->\n", "", text)  # an included page's own tables, as rendered
 
 
 def render(text: str) -> str:
@@ -192,7 +232,7 @@ def render(text: str) -> str:
 
 
 def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "CHANGELOG.md", ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def main() -> int:
