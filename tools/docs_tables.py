@@ -7,7 +7,9 @@ params.yaml (params.schema.json) from the validation schema in cnnlab/config/par
 
 A table lives between `<!-- table: NAME -->` and `<!-- /table -->` in a Markdown file; NAME is one of
 TABLES below, or `include: PATH` to copy the tables of a committed benchmark report
-(benchmarks/results/*.md, written by the benchmark scripts).
+(benchmarks/results/*.md, written by the benchmark scripts; `PATH tables=N`: its first N tables), or a
+hand-written page outside docs/ that the site shows (CHANGELOG.md). Figures the manual shows are copied
+into docs/figures/ (FIGURES), since the site holds only what is inside docs/.
 """
 
 from __future__ import annotations
@@ -208,7 +210,16 @@ def epochs_of_their_own() -> str:
         "`-S <model>.epochs=N`): " + ", ".join(own) + ".\n"
 
 
-TABLES = {"results": results, "pipeline-time": pipeline_time, "epochs-of-their-own": epochs_of_their_own, "embeddings": embeddings, "explanations": explanations, "studies": studies,
+def cuda() -> str:
+    """The CUDA that the pinned torch wheels are built for, from requirements.lock."""
+    pins = dict(re.findall(r"(?m)^([\w.-]+)==([^ ;\n]+)", (ROOT / "requirements.lock").read_text()))
+    toolkit = ".".join(pins["cuda-toolkit"].split(".")[:2])
+    return (f"`requirements.lock` pins torch {pins['torch']} with CUDA {toolkit} (`cuda-toolkit` "
+            f"{pins['cuda-toolkit']}) and cuDNN {pins['nvidia-cudnn-cu13'].split('.')[0]} on Linux.\n")
+
+
+TABLES = {"results": results, "cuda": cuda, "pipeline-time": pipeline_time, "epochs-of-their-own": epochs_of_their_own,
+          "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 
 
@@ -235,6 +246,22 @@ def documents() -> list[Path]:
     return [ROOT / "CHANGELOG.md", ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
+FIGURES = {"docs/figures/curves.png": "report/curves.png",  # the site shows only what is inside docs/
+           "docs/figures/lenet-explanations.png": "plots/analysis/lenet/explanations.png"}
+
+
+def stale_figures(check: bool) -> list[str]:
+    """Copies of committed figures the manual shows, refreshed unless checking."""
+    stale = []
+    for copy, source in FIGURES.items():
+        if not (ROOT / copy).exists() or (ROOT / copy).read_bytes() != (ROOT / source).read_bytes():
+            stale.append(copy)
+            if not check:
+                (ROOT / copy).parent.mkdir(exist_ok=True)
+                (ROOT / copy).write_bytes((ROOT / source).read_bytes())
+    return stale
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if a table is stale; change nothing")
@@ -252,6 +279,7 @@ def main() -> int:
         stale.append(SCHEMA_FILE.relative_to(ROOT))
         if not check:
             SCHEMA_FILE.write_text(schema)
+    stale += stale_figures(check)
     if stale and check:
         print(f"stale: {', '.join(map(str, stale))}; run python tools/docs_tables.py", file=sys.stderr)
         return 1
