@@ -1,14 +1,15 @@
 """The tutorial's expected output, captured from a real run: never typed.
 
     python tools/captures.py            # run every tutorial page's commands in a copy of the project, rewrite
-    python tools/captures.py --check    # exit 1, naming the page, if a page's captured block is stale (a test runs this)
+    python tools/captures.py --check    # exit 1 naming the page if a captured block is stale (a test runs this)
 
-A captured block lives between `<!-- capture: NAME -->` and `<!-- /capture -->` in docs/tutorial/*.md:
-a console block whose `$ ` lines are the commands. Without --check, the pages run in order in one copy of
-the project (its tracked files, a git repository of its own, params.yaml made small: SMALL below) on the
-data CNNLAB_DATA_MIRROR serves (or the download), each block's commands in one bash from the project's
-root; the transcript goes to docs/captures/NAME.json with the seconds it took and the CPU, and into the
-page. --check runs nothing: each block must be what its capture file renders.
+A captured block lives between `<!-- capture: NAME -->` and `<!-- /capture -->` in docs/tutorial/*.md
+and docs/python.md: a console block whose `$ ` lines are the commands, or a Python program. Without
+--check, the pages run in order in one copy of the project (its tracked files, a git repository of its
+own, params.yaml made small: SMALL below) on the data CNNLAB_DATA_MIRROR serves (or the download), each
+block's commands in one bash from the project's root; the transcript goes to docs/captures/NAME.json
+with the seconds it took and the CPU, and into the page. --check runs nothing: each block must be what
+its capture file renders.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ROOT / "docs" / "tutorial"
+PAGES = [*sorted((ROOT / "docs" / "tutorial").glob("*.md")), ROOT / "docs" / "python.md"]  # in running order
 CAPTURES = ROOT / "docs" / "captures"
 BLOCK = re.compile(r"(<!-- capture: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /capture -->)", re.S)
 SMALL = {"prepare": {"train_size": 3000, "test_size": 1000},
@@ -51,13 +52,21 @@ def cpu() -> str:
 
 
 def commands(body: str) -> list[str]:
+    """A console block's `$ ` lines, or a Python block's whole program (one entry)."""
+    program = re.match(r"```python\n(.*?)```", body, re.S)
+    if program:
+        return [program.group(1)]
     return [line[2:] for line in body.splitlines() if line.startswith("$ ")]
 
 
 def render(capture: dict) -> str:
-    return (f"```console\n{capture['transcript']}```\n\n*Captured by `tools/captures.py` in "
-            f"{capture['seconds']:.0f} s on {capture['cpu']}, in a copy of the project with "
-            f"{capture['params']}.*\n")
+    if capture.get("language") == "python":
+        shown = f"```python\n{capture['commands'][0]}```\n\nIt prints:\n\n```text\n{capture['transcript']}```\n"
+    else:
+        shown = f"```console\n{capture['transcript']}```\n"
+    busy = f" (shared: load average {capture['load']:.1f})" if capture["load"] > capture["cores"] else ""
+    return (f"{shown}\n*Captured by `tools/captures.py` in {capture['seconds']:.0f} s on {capture['cpu']}{busy}, "
+            f"in a copy of the project with {capture['params']}.*\n")
 
 
 def small_params() -> str:
@@ -67,7 +76,7 @@ def small_params() -> str:
 
 def blocks() -> list[tuple[Path, str, str]]:
     """(page, block name, block body) in reading order."""
-    return [(page, m.group("name"), m.group("body")) for page in sorted(PAGES.glob("*.md"))
+    return [(page, m.group("name"), m.group("body")) for page in PAGES
             for m in BLOCK.finditer(page.read_text())]
 
 
@@ -128,24 +137,27 @@ def write_pngs(folder: Path, per_class: dict[int, int], split: str = "t10k", fla
 
 SETUP = {  # what a page assumes the reader has, made before its first block
     "predict": lambda project: write_pngs(project / "digits", {2: 1, 7: 1, 9: 1}, flat=True),
-    "own-images-run": lambda project: write_pngs(project / "photos", {0: 150, 1: 150, 7: 150}, split="train"),
+    "own-images-run": lambda project: write_pngs(project / "photos", {0: 1700, 1: 1700, 7: 1700}, split="train"),
 }
 
 
 def run_block(project: Path, name: str, body: str, root: Path) -> dict:
     if name in SETUP:
         SETUP[name](project)
+    python = body.startswith("```python")
     script = "".join(f"printf '%s\\n' {shlex.quote('$ ' + c)}\n{c} 2>&1 || exit $?\n" for c in commands(body))
-    started = time.perf_counter()
-    result = subprocess.run(["bash", "-c", script], cwd=project, env=environment(project), capture_output=True,
-                            text=True)
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    result = subprocess.run([sys.executable, "-c", commands(body)[0]] if python else ["bash", "-c", script],
+                            cwd=project, env=environment(project), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     transcript = ANSI.sub("", result.stdout + result.stderr).replace(str(root), "~")
+    if os.environ.get("CNNLAB_DATA_MIRROR"):
+        transcript = transcript.replace(os.environ["CNNLAB_DATA_MIRROR"].rstrip("/"), "$CNNLAB_DATA_MIRROR")
     transcript = "\n".join(line.rstrip() for line in transcript.splitlines() if "\r" not in line) + "\n"
     if result.returncode:
         sys.exit(f"error: capture {name} failed with exit {result.returncode}:\n{transcript[-3000:]}")
-    return {"commands": commands(body), "transcript": transcript, "seconds": seconds, "cpu": cpu(),
-            "params": small_params()}
+    return {"language": "python" if python else "console", "commands": commands(body), "transcript": transcript,
+            "seconds": seconds, "cpu": cpu(), "cores": os.cpu_count(), "load": load, "params": small_params()}
 
 
 def capture_all() -> None:
