@@ -85,9 +85,9 @@ def check() -> list[str]:
     for page, name, body in blocks():
         file = CAPTURES / f"{name}.json"
         if not file.exists():
-            stale.append(f"{page.relative_to(ROOT)}: {name} (no {file.relative_to(ROOT)})")
+            stale.append(f"{page.name}: {name} (no {file.relative_to(ROOT)})")
         elif render(json.loads(file.read_text())) != body:
-            stale.append(f"{page.relative_to(ROOT)}: {name}")
+            stale.append(f"{page.name}: {name}")
     return stale
 
 
