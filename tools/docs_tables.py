@@ -55,9 +55,10 @@ def results() -> str:
                      f"{float(row['test_macro_f1']):.4f}", f"{float(row['val_accuracy']):.2%}",
                      f"{trained['best_epoch']} of {trained['epochs_run']}", f"{float(row['train_seconds']):.1f}",
                      f"{float(row['images_per_second']):,.0f}"])
-    first = summary[0]
+    first, sizes = summary[0], _read_json(ROOT / "metrics" / "data.json")["sizes"]
     caption = (f"\nMeasured on {first['device']} ({first['threads']} threads), torch {first['torch']}, seed "
-               f"{first['seed']}, dataset {first['dataset']}: `metrics/summary.csv` of the committed run.\n")
+               f"{first['seed']}, dataset {first['dataset']} ({sizes['train']:,} train, {sizes['val']:,} validation, "
+               f"{sizes['test']:,} test images): `metrics/summary.csv` of the committed run.\n")
     return markdown_table(["model", "parameters", "test acc", "test macro F1", "val acc", "best epoch",
                            "train s", "train images/s"], rows) + caption
 
