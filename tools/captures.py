@@ -7,9 +7,9 @@ A captured block lives between `<!-- capture: NAME -->` and `<!-- /capture -->` 
 and docs/python.md: a console block whose `$ ` lines are the commands, or a Python program. Without
 --check, the pages run in order in one copy of the project (its tracked files, a git repository of its
 own, params.yaml made small: SMALL below) on the data CNNLAB_DATA_MIRROR serves (or the download), each
-block's commands in one bash from the project's root; the transcript goes to docs/captures/ (a JSON
-file named after the block) with the seconds it took and the CPU, and into the page. --check runs nothing: each block must be what
-its capture file renders.
+block's commands in one bash from the project's root; the transcript goes to docs/captures/ (a JSON file
+named after the block) with the seconds it took and the CPU, and into the page. --check runs nothing:
+each block must be what its capture file renders.
 """
 
 from __future__ import annotations
