@@ -1,6 +1,10 @@
 """The README and the manual: small, linked, and never stale. Every table of numbers is written by
 tools/docs_tables.py from the committed metrics and benchmark results; the params reference and the
-JSON Schema from the validation schema."""
+JSON Schema from the validation schema; the tutorial's expected output by tools/captures.py from a
+real run. Every shell block is run, by tools/captures.py (a captured block) or by the tests and CI
+files that `<!-- run by: FILE, FILE -->` names on the line before it, or is marked
+`<!-- illustrative -->` there (a command that needs your data, a GPU, a cluster or hours: shown, never
+run)."""
 
 import json
 import re
@@ -12,7 +16,11 @@ import pytest
 
 from conftest import REPO
 
-DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCUMENTS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglob("*.md"))]
+PAGES = sorted((REPO / "docs").rglob("*.md"))  # the site
+SHELL = {"bash", "sh", "shell", "console", "powershell"}
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+GENERATED = re.compile(r"<!-- (table|capture): [^>]+ -->\n.*?<!-- /(table|capture) -->", re.S)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -50,8 +58,82 @@ def test_every_relative_link_resolves(document):
 
 def test_every_docs_page_is_in_the_site_navigation():
     config = (REPO / "mkdocs.yml").read_text()
-    for page in (REPO / "docs").glob("*.md"):
-        assert page.name in config, page.name
+    for page in PAGES:
+        assert page.relative_to(REPO / "docs").as_posix() in config, page.name
+
+
+def shell_blocks(document: Path) -> list[tuple[str, str, bool]]:
+    """(the line before the block, its text, whether tools/captures.py runs it) of every shell block."""
+    text, found = document.read_text(), []
+    captured = [m.span() for m in re.finditer(r"<!-- capture: .*?<!-- /capture -->", text, re.S)]
+    for match in FENCE.finditer(text):
+        language, body = match.group(1), match.group(2)
+        untagged_command = not language and re.match(r"(\$ )?(dvc|python|make|git|pip|source|export|cd|mkdir) ", body)
+        if language in SHELL or untagged_command:
+            before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            found.append((before, body, any(a <= match.start() < b for a, b in captured)))
+    return found
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_shell_block_is_run_or_marked_illustrative(document):
+    """A reader copies shell blocks: each is run by tools/captures.py (its output is on the page) or
+    says it is illustrative; none holds a bare `...` a shell would choke on."""
+    for before, body, captured in shell_blocks(document):
+        runners = re.fullmatch(r"<!-- run by: (.+) -->", before)
+        assert captured or runners or before == "<!-- illustrative -->", \
+            f"{document.name}: neither run nor marked illustrative:\n{body}"
+        if runners:
+            said = "".join((REPO / name.strip()).read_text() for name in runners.group(1).split(","))
+            for line in body.splitlines():
+                command = line.split("#")[0].split()[:2]
+                assert all(f'"{word}"' in said or f" {word}" in said for word in command), (document.name, line)
+        assert not re.search(r"(^|\s)\.\.\.(\s|$)", body), f"{document.name}: a bare ... in\n{body}"
+
+
+def test_the_block_rule_catches_an_unmarked_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Run:\n\n```bash\ndvc repro ...\n```\n\n<!-- illustrative -->\n```bash\ndvc repro\n```\n")
+    (first, _, captured), (second, _, _) = shell_blocks(page)
+    assert first != "<!-- illustrative -->" and not captured and second == "<!-- illustrative -->"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_no_hand_written_page_is_over_about_10_kb(document):
+    """Generated tables and captures do not count: they are the numbers, stated once."""
+    assert len(GENERATED.sub("", document.read_text()).encode()) <= 10_752, document.name
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_no_page_names_a_path_users_do_not_have(document):
+    text = document.read_text()
+    assert "../shared" not in text and "/work/" not in text, document.name
+
+
+def test_site_pages_link_only_inside_the_site():
+    """mkdocs publishes docs/ alone: a link to ../report or ../benchmarks would be a broken link there."""
+    for page in PAGES:
+        for match in LINK.finditer(re.sub(r"```.*?```", "", page.read_text(), flags=re.S)):
+            target = (match.group(1) or match.group(2)).partition("#")[0]
+            if target and not re.match(r"[a-z]+:", target):
+                assert (page.parent / target).resolve().is_relative_to(REPO / "docs"), f"{page.name}: {target}"
+
+
+def test_captured_output_is_what_the_capture_files_hold():
+    """Each tutorial block's output came from tools/captures.py's real run (docs/captures/*.json)."""
+    result = subprocess.run([sys.executable, "tools/captures.py", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(list((REPO / "docs" / "captures").glob("*.json"))) >= 10
+
+
+def test_an_edited_command_or_output_is_caught(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "tools"))
+    import captures
+    page, name, body = captures.blocks()[0]
+    edited = tmp_path / page.name
+    edited.write_text(page.read_text().replace(body, body.replace("$ ", "$ sudo ", 1)))
+    monkeypatch.setattr(captures, "PAGES", [edited])
+    assert captures.check() and name in captures.check()[0]
 
 
 def test_tables_and_schema_are_generated_from_the_committed_numbers():
@@ -120,3 +202,49 @@ def test_the_manual_builds_as_a_site_with_mkdocs_strict(tmp_path):
                                                                             "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "studies" / "index.html").is_file()
+    assert broken_in_site(tmp_path / "site") == []
+
+
+class _References(__import__("html.parser").parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        self.found += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def broken_in_site(site: Path) -> list[str]:
+    """Every relative link and image of the built site's pages that leads to no file."""
+    from urllib.parse import unquote, urlparse
+    broken = []
+    for page in site.rglob("*.html"):
+        parser = _References()
+        parser.feed(page.read_text())
+        for reference in parser.found:
+            url = urlparse(reference)
+            if url.scheme or url.netloc or not url.path:
+                continue
+            base = site if url.path.startswith("/") else page.parent  # 404.html links from the site's root
+            target = (base / unquote(url.path).lstrip("/")).resolve()
+            if not (target.is_file() or (target / "index.html").is_file()):
+                broken.append(f"{page.relative_to(site)}: {reference}")
+    return broken
+
+
+def test_the_site_checker_finds_a_broken_image(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "index.html").write_text('<a href="../b/">b</a><img src="../missing.png"><a href="#top">t</a>'
+                                               '<a href="/b/">root</a><a href="https://dvc.org">dvc</a>')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "index.html").write_text("<p>b</p>")
+    assert broken_in_site(tmp_path) == ["a/index.html: ../missing.png"]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_no_command_trains_a_cifar_model_on_mnist_silently(document):
+    """The default dataset is MNIST: a command that picks a CIFAR model names its dataset too."""
+    commands = re.findall(r"dvc exp run[^\n`]*", document.read_text().replace("\\\n", " "))  # continued lines joined
+    for command in commands:
+        if re.search(r"models=\[[^\]]*(airbench|resnet_small|resnet18)", command):
+            assert "data.dataset=" in command, f"{document.name}: {command}"

@@ -7,7 +7,9 @@ params.yaml (params.schema.json) from the validation schema in cnnlab/config/par
 
 A table lives between `<!-- table: NAME -->` and `<!-- /table -->` in a Markdown file; NAME is one of
 TABLES below, or `include: PATH` to copy the tables of a committed benchmark report
-(benchmarks/results/*.md, written by the benchmark scripts).
+(benchmarks/results/*.md, written by the benchmark scripts; `PATH tables=N`: its first N tables), or a
+hand-written page outside docs/ that the site shows (CHANGELOG.md). Figures the manual shows are copied
+into docs/figures/ (FIGURES), since the site holds only what is inside docs/.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def results() -> str:
                      f"{float(row['test_macro_f1']):.4f}", f"{float(row['val_accuracy']):.2%}",
                      f"{trained['best_epoch']} of {trained['epochs_run']}", f"{float(row['train_seconds']):.1f}",
                      f"{float(row['images_per_second']):,.0f}"])
-    first = summary[0]
+    first, sizes = summary[0], _read_json(ROOT / "metrics" / "data.json")["sizes"]
     caption = (f"\nMeasured on {first['device']} ({first['threads']} threads), torch {first['torch']}, seed "
-               f"{first['seed']}, dataset {first['dataset']}: `metrics/summary.csv` of the committed run.\n")
+               f"{first['seed']}, dataset {first['dataset']} ({sizes['train']:,} train, {sizes['val']:,} validation, "
+               f"{sizes['test']:,} test images): `metrics/summary.csv` of the committed run.\n")
     return markdown_table(["model", "parameters", "test acc", "test macro F1", "val acc", "best epoch",
                            "train s", "train images/s"], rows) + caption
 
@@ -141,12 +144,23 @@ def params_reference() -> str:
     per_model = []
     for name in models.names():
         signature = inspect.signature(models.spec(name).build).parameters
+        shipped = raw.get(name) or {}
         for option, check in models.options(name).items():
-            module = sys.modules[models.spec(name).build.__module__]
-            per_model.append([f"`{name}.{option}`", _allowed(check), f"`{_default(signature[option].default)}`",
-                              (module.__doc__ or "").strip().split("\n")[0]])
+            default = shipped.get(option, signature[option].default)
+            per_model.append([f"`{name}.{option}`", _allowed(check), f"`{_default(default)}`",
+                              said.get(f"{name}.{option}") or OPTION_TEXT[option]])
     return table + "\nModel options (in the model's own section, beside any `train:` key it overrides):\n\n" + \
-        markdown_table(["key", "allowed", "default", "model"], per_model)
+        markdown_table(["key", "allowed", "default", "what it does"], per_model)
+
+
+OPTION_TEXT = {  # what a model option does, where params.yaml has no comment beside it
+    "width": "channels of the first stage; later stages have multiples of it",
+    "input_size": "each batch is resized to this square size before the first conv",
+    "dropout": "the probability that dropout zeroes a unit of the hidden layers",
+    "hidden": "units in each of the two hidden layers",
+    "stem": "cifar: a 3x3/1 conv, no max-pool (32x32 images); imagenet: a 7x7/2 conv and a max-pool",
+    "blocks": "residual blocks per stage (3: ResNet-20, 9: ResNet-56)",
+}
 
 
 def json_schema() -> dict:
@@ -173,14 +187,52 @@ def json_schema() -> dict:
             "properties": sections}
 
 
-TABLES = {"results": results, "embeddings": embeddings, "explanations": explanations, "studies": studies,
+def pipeline_time() -> str:
+    """How long the shipped pipeline takes, per stage and for the user's loop (benchmarks/results/pipeline.json)."""
+    found = _read_json(ROOT / "benchmarks" / "results" / "pipeline.json")
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    stages = found["runs"][0]["stages"]
+    walls = {stage: median([run["stages"][stage]["wall"] for run in found["runs"]]) for stage in stages}
+    rows = [[f"`{stage}`", f"{wall:.0f} s"] for stage, wall in walls.items()]
+    rows.append(["**`dvc repro -f`, all stages**", f"**{median([run['total'] for run in found['runs']]):.0f} s**"])
+    rows += [[f"`{loop['command']}`", f"{median(loop['seconds']):.0f} s"] for loop in found["loop"].values()]
+    env = found["env"]
+    return markdown_table(["what runs", "seconds (median)"], rows) + \
+        (f"\nMeasured on {env['device_name']} ({env['threads']} threads), torch {env['torch']} by "
+         f"`python benchmarks/pipeline.py` (benchmarks/results/pipeline.md).\n")
+
+
+def epochs_of_their_own() -> str:
+    """The sections of params.yaml that set their own epochs, so `-S train.epochs=N` does not reach them."""
+    raw = read_yaml((ROOT / "params.yaml").read_text())
+    own = [f"`{name}` ({raw[name]['epochs']})" for name in models.names()
+           if isinstance(raw.get(name), dict) and "epochs" in raw[name]]
+    return "Sections that set their own `epochs` (so `-S train.epochs=N` does not reach them; use " \
+        "`-S <model>.epochs=N`): " + ", ".join(own) + ".\n"
+
+
+def cuda() -> str:
+    """The CUDA that the pinned torch wheels are built for, from requirements.lock."""
+    pins = dict(re.findall(r"(?m)^([\w.-]+)==([^ ;\n]+)", (ROOT / "requirements.lock").read_text()))
+    toolkit = ".".join(pins["cuda-toolkit"].split(".")[:2])
+    return (f"`requirements.lock` pins torch {pins['torch']} with CUDA {toolkit} (`cuda-toolkit` "
+            f"{pins['cuda-toolkit']}) and cuDNN {pins['nvidia-cudnn-cu13'].split('.')[0]} on Linux.\n")
+
+
+TABLES = {"results": results, "cuda": cuda, "pipeline-time": pipeline_time, "epochs-of-their-own": epochs_of_their_own,
+          "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 
 
-def include(path: str) -> str:
-    """The tables (and their captions) of a committed benchmark report, without its title."""
-    text = (ROOT / path).read_text()
-    return re.sub(r"^# .*\n\n?", "", text, count=1)
+def include(spec: str) -> str:
+    """The tables (and their captions) of a committed benchmark report, without its title;
+    `PATH tables=N`: up to the end of its N-th table only."""
+    path, _, first = spec.partition(" tables=")
+    text = re.sub(r"^# .*\n\n?", "", (ROOT / path).read_text(), count=1)
+    if first:
+        tables = list(re.finditer(r"(?m)(^\|.*\n)+", text))
+        text = text[:tables[int(first) - 1].end()]
+    return re.sub(r"<!-- /?table(: [^>]*)? -->\n", "", text)  # an included page's own tables, as rendered
 
 
 def render(text: str) -> str:
@@ -192,7 +244,23 @@ def render(text: str) -> str:
 
 
 def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "CHANGELOG.md", ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+FIGURES = {"docs/figures/curves.png": "report/curves.png",  # the site shows only what is inside docs/
+           "docs/figures/lenet-explanations.png": "plots/analysis/lenet/explanations.png"}
+
+
+def stale_figures(check: bool) -> list[str]:
+    """Copies of committed figures the manual shows, refreshed unless checking."""
+    stale = []
+    for copy, source in FIGURES.items():
+        if not (ROOT / copy).exists() or (ROOT / copy).read_bytes() != (ROOT / source).read_bytes():
+            stale.append(copy)
+            if not check:
+                (ROOT / copy).parent.mkdir(exist_ok=True)
+                (ROOT / copy).write_bytes((ROOT / source).read_bytes())
+    return stale
 
 
 def main() -> int:
@@ -212,6 +280,7 @@ def main() -> int:
         stale.append(SCHEMA_FILE.relative_to(ROOT))
         if not check:
             SCHEMA_FILE.write_text(schema)
+    stale += stale_figures(check)
     if stale and check:
         print(f"stale: {', '.join(map(str, stale))}; run python tools/docs_tables.py", file=sys.stderr)
         return 1
