@@ -87,7 +87,8 @@ def test_repro_builds_every_contract_output_and_is_idempotent(project):
         assert (folder / "filters").is_dir() == (model != "mlp")
     report = (root / "report/README.md").read_text()
     assert all(f"| {m} |" in report for m in MODELS)
-    assert "## Inside the networks" in report and "no filters and no Grad-CAM" in report
+    assert "## Inside the networks" in report and "No convolutions: no filters to draw." in report
+    assert "no Grad-CAM" in report and "## As they learned" in report
     assert (root / "plots/analysis/samples.png").is_file() and (root / "report/figures/noise.png").is_file()
     with open(root / "metrics/summary.csv") as stream:
         assert [r["model"] for r in csv.DictReader(stream)] == MODELS

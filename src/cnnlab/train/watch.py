@@ -158,4 +158,4 @@ def grid(tiles: np.ndarray, columns: int) -> np.ndarray:
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
         out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = tile
-    return (out * 255).round().astype(np.uint8)
+    return (np.nan_to_num(out, nan=0.5).clip(0, 1) * 255).round().astype(np.uint8)  # a diverged net: grey
