@@ -70,6 +70,11 @@ def test_two_processes_give_the_same_steps_as_one(tmp_path, model):
     assert double.returncode == 0, double.stderr
     assert train_metrics(two, model)["processes"] == 2 and train_metrics(one, model)["processes"] == 1
     assert f"{model} epoch 4:" in double.stdout and double.stdout.count(f"{model} epoch 4:") == 1  # rank 0 reports
+    for project in (one, two):  # train.watch: rank 0 pictures and logs every step once
+        steps = [int(line.split(",")[0]) for line in (project / "plots/watch" / model / "curves.csv").read_text().split()[1:]]
+        assert steps == [0, 1, 2, 3, 4]
+        assert sorted(int(p.stem) for p in (project / "dvclive" / model / "plots/images/attributions").glob("*.png")) \
+            == [0, 1, 2, 3, 4]
     a, b = step_losses(one, model), step_losses(two, model)
     assert len(a) == len(b) == 4 * N_TRAIN // 32
     assert a[0] == pytest.approx(b[0], rel=1e-5)

@@ -251,10 +251,19 @@ FIGURES = {"docs/figures/curves.png": "report/curves.png",  # the site shows onl
            "docs/figures/lenet-explanations.png": "plots/analysis/lenet/explanations.png"}
 
 
+def watch_figures() -> dict[str, str]:
+    """LeNet as it learned (docs/watch.md): its pictures before training, after epoch 1 and after the last."""
+    folder = ROOT / paths.outputs("train", "lenet").watch
+    last = max(int(p.stem) for p in (folder / "attributions").glob("*.png"))
+    return {f"docs/figures/watch-lenet-{kind}-{when}.png": str(folder.relative_to(ROOT) / kind / f"{step}.png")
+            for kind in ("filters", "feature_maps", "attributions") for when, step in (("first", 0), ("early", 1),
+                                                                                        ("last", last))}
+
+
 def stale_figures(check: bool) -> list[str]:
     """Copies of committed figures the manual shows, refreshed unless checking."""
     stale = []
-    for copy, source in FIGURES.items():
+    for copy, source in {**FIGURES, **watch_figures()}.items():
         if not (ROOT / copy).exists() or (ROOT / copy).read_bytes() != (ROOT / source).read_bytes():
             stale.append(copy)
             if not check:

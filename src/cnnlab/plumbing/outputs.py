@@ -93,8 +93,7 @@ class StagedOutputs:
                   inside: Path | None = None) -> bool:
         """Stage `target` as the figure `draw(**data)` makes, unless `target` already holds exactly
         that figure: then its bytes are kept and nothing is drawn, so a report-only change does not
-        pay for drawing (measured: 4.1 -> 3.1 s per report-only change, 2-core Intel Xeon). Returns
-        whether it drew.
+        pay for drawing. Returns whether it drew.
 
         Each figure records what it was drawn from (figure_digest) in its PNG metadata; `data`
         must be JSON, and the figure a function of it, the dpi and the drawing code alone. `inside`:
@@ -159,7 +158,7 @@ def figure_digest(draw: Callable[..., Any], data: dict, dpi: int) -> str:
     colours and the legend), its dpi, the drawing function (by name, and its module's source, so
     any edit to the drawing code redraws), the saving code (this module's source), matplotlib's
     version and the matplotlibrc it reads (read as a file: importing matplotlib
-    to ask would cost a kept figure 0.1 s, 2-core Intel Xeon)."""
+    to ask would cost a kept figure more than drawing nothing saves)."""
     import hashlib
     import sys
     from importlib.metadata import version

@@ -56,7 +56,8 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     # a snapshot holds one process's random state: a data-parallel fit is not resumed
     resume = Resume(resume_path, fingerprint(name, cfg, options, prepared_dir)) \
         if resume_path is not None and cfg["resume"] and parallel.world_size() == 1 else None
-    watch = Watch(name, val, len(info["classes"]), cfg["watch_method"], cfg["seed"]) if cfg["watch"] else None
+    watch = Watch(name, val, len(info["classes"]), cfg["watch_method"], cfg["seed"]) \
+        if cfg["watch"] and parallel.is_lead() else None  # rank 0 pictures the model; the others only train
     with timed("fit"):
         result = fit(model, train, val, cfg, generator, label=name, on_epoch=on_epoch, resume=resume, watch=watch)
     if parallel.world_size() > 1:
