@@ -152,10 +152,14 @@ def test_the_peak_estimate_counts_copies_maps_and_the_largest_pass():
     """A 4x4 image through Flatten and Linear(16, 2): outputs of 64 and 8 bytes, 136 bytes of weights."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     image, outputs, weights = 64, 64 + 8, 136
-    pass_ = explain.PASS * 4 * (image + outputs)
+    pass_ = 10 * explain.IG_STEPS * 4 * (image + outputs)  # 10 images' integrated-gradients points in one pass
     assert explain.peak_bytes(model, (1, 4, 4), 10, 3) == 2 * weights + 10 * (image + 3 * 64) + pass_
-    many = explain.peak_bytes(model, (1, 4, 4), 1000, 3)     # all images at once (input gradients, Grad-CAM)
-    assert many == 2 * weights + 1000 * (image + 3 * 64) + 1000 * 4 * (image + outputs)
+    # a pass holds as many values as PASS digits: one 256-pixel colour image at a time
+    assert explain.pass_size(3 * 256 * 256) == 1 and explain.pass_size(28 * 28) == explain.PASS
+    assert explain.peak_bytes(model, (1, 4, 4), 100, 3) > explain.peak_bytes(model, (1, 4, 4), 10, 3)
+    assert explain.pass_size(16) == explain.PASS * 49
+    many = explain.peak_bytes(model, (1, 4, 4), 1000, 3)     # 4x4 images: a pass of PASS digits' values
+    assert many == 2 * weights + 1000 * (image + 3 * 64) + explain.pass_size(16) * 4 * (image + outputs)
     assert explain.peak_bytes(model, (1, 4, 4), 1000, 6) > many
 
 

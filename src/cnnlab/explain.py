@@ -21,7 +21,12 @@ Method = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 RANDOMISATION_LIMIT = 0.5  # a map whose rank correlation with the randomised model's stays above this fails
 CURVE_STEPS = 10           # points of each deletion and insertion curve, past the first
 IG_STEPS = 16              # integrated gradients' points on the path from the baseline to the image
-PASS = 256                 # images per forward pass where a method makes many of each (the steps, the patches)
+PASS = 256                 # 28x28 images per forward pass where a method makes many of each (steps, patches)
+
+
+def pass_size(image_values: int) -> int:
+    """Images per such pass: PASS digits' worth of values, so a pass of larger images stays as small."""
+    return max(1, PASS * 28 * 28 // image_values)
 RESAMPLES = 1000           # bootstrap resamples of the images behind each verdict
 FAITHFUL, NO_BETTER, UNTOLD = "faithful", "no better than random", "cannot be told from random"
 
@@ -103,10 +108,12 @@ def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Integrated gradients from a mean (0) image, a few images at a time: captum needs at least two
     steps of every image of a call in one pass, so a bounded pass needs bounded calls."""
-    images = PASS // IG_STEPS
+    size = pass_size(x[0].numel())
+    images = max(1, size // IG_STEPS)
     ig = IntegratedGradients(model)
     return torch.cat([_pixels(ig.attribute(x[i:i + images], target=target[i:i + images], n_steps=IG_STEPS,
-                                           internal_batch_size=PASS)) for i in range(0, len(x), images)])
+                                           internal_batch_size=max(2 * images, size)))
+                      for i in range(0, len(x), images)])
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -120,7 +127,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.
     with torch.no_grad():
         found = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(x.shape[1], side, side),
                                            strides=(x.shape[1], stride, stride), baselines=0.0,
-                                           perturbations_per_eval=max(1, PASS // len(x)))
+                                           perturbations_per_eval=max(1, pass_size(x[0].numel()) // len(x)))
     return found.sum(1).clamp_min(0).float()
 
 
@@ -156,7 +163,7 @@ def probability_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     """(fractions of pixels, deletion curves, insertion curves), a curve [steps + 1] per image: the
     target class's probability after removing (or with only) the top-ranked fraction of pixels, at
     steps + 1 points from 0 to 1. The steps of a few images at a time run as one batch per curve."""
-    chunk = max(1, PASS // (steps + 1))
+    chunk = max(1, pass_size(x[0].numel()) // (steps + 1))
     if len(x) > chunk:
         parts = [probability_curves(model, x[i:i + chunk], target[i:i + chunk], maps[i:i + chunk], steps)
                  for i in range(0, len(x), chunk)]
@@ -234,7 +241,8 @@ def peak_bytes(model: nn.Module, image_shape: tuple[int, int, int], images: int,
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     layers = sum(1 for m in model.modules() if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)))
     kept = images * (image + methods * 4 * image_shape[1] * image_shape[2])
-    return (layers + 1) * parameters + kept + max(images, PASS) * 4 * (image + sum(sizes))
+    largest_pass = max(images, min(pass_size(int(np.prod(image_shape))), images * max(IG_STEPS, steps + 1)))
+    return (layers + 1) * parameters + kept + largest_pass * 4 * (image + sum(sizes))
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
