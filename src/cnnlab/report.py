@@ -56,16 +56,14 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
 
 def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
     """Per model: what the analyze stage found (its metrics, with the sections it declares for the
-    report) and the folders of its figures and tables."""
+    report), the folders of its figures and tables, and the tables it declares plotted, read once."""
     analysis = {}
     for name in models:
         out = paths.outputs("analyze", name, root)
-        analysis[name] = {"metrics": _read_json(out.metrics), "figures": out.figures, "tables": out.tables}
+        metrics = _read_json(out.metrics)
+        plotted = {table: pd.read_csv(out.tables / f"{table}.csv") for table in metrics.get("plots", {})}
+        analysis[name] = {"metrics": metrics, "figures": out.figures, "tables": out.tables, "plotted": plotted}
     return analysis
-
-
-def table(analysis: dict, name: str, table_name: str) -> pd.DataFrame:
-    return pd.read_csv(analysis[name]["tables"] / f"{table_name}.csv")
 
 
 # the history columns curves_figure draws: a retrain that changes only its timings redraws nothing
@@ -78,7 +76,7 @@ def report_plots(analysis: dict) -> dict[str, dict]:
     for name, analyzed in analysis.items():
         for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             if plot.get("report"):
-                frame = table(analysis, name, table_name)
+                frame = analyzed["plotted"][table_name]
                 plots.setdefault(table_name, {"title": plot["title"], "x": plot["x"], "y": plot["y"], "curves": {}})
                 plots[table_name]["curves"][name] = {"x": frame[plot["x"]].tolist(), "y": frame[plot["y"]].tolist()}
     return plots
@@ -120,7 +118,7 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
             tables.setdefault(table_name, []).extend(
                 {"model": f"{name} {rec[series]}" if series else name, "x": rec[plot["x"]], "y": rec[plot["y"]],
                  plot["x"]: rec[plot["x"]], plot["y"]: rec[plot["y"]]}
-                for rec in table(analysis, name, table_name).to_dict("records"))
+                for rec in analyzed["plotted"][table_name].to_dict("records"))
         counts = pd.read_csv(paths.outputs("evaluate", name, root).confusion)
         counts["share"] = (counts["count"] / counts.groupby("actual")["count"].transform("sum").clip(lower=1)).round(4)
         confusion += _rows(counts, name, ["actual", "predicted", "count", "share"])
