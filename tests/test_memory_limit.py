@@ -67,8 +67,7 @@ def test_folder_several_times_the_memory_limit_runs_and_learns(tmp_path):
         project = copy_project(tmp_path / "project", models=["mlp"],
                                data=dict(dataset="folder", path=str(tmp_path / "images"), image_size=IMAGE_SIZE),
                                prepare=dict(test_fraction=0.05, test_size=TEST_SIZE), evaluate=dict(batch_size=32),
-                               # the watch's attributions of 256-pixel images would need a few hundred MB more
-                               train=dict(epochs=1, batch_size=32, eval_batch_size=32, progress=False, watch=False),
+                               train=dict(epochs=1, batch_size=32, eval_batch_size=32, progress=False),
                                mlp=dict(hidden=8), analyze=dict(tsne_samples=64, explain_samples=4,
                                                                 noise_levels=[0, 0.1], batch_size=32))
         env = pipeline_env(tmp_path, threads=2)  # no mirror: a folder is read from data.path
