@@ -9,8 +9,8 @@ The images are the JPEG class folders of $CNNLAB_DATA_MIRROR/cifar10-jpeg-train.
 --folder), decoded and split by cnnlab's prepare exactly as `dvc exp run` with the command the
 results name would (test 10% and validation 1,000 images, stratified, seed 0, the same split for
 every seed). Each seed trains through cnnlab's train_model, the code the train stage runs, and is
-scored on the test split by evaluate_model, the evaluate stage's code: with the recipe's flip
-test-time augmentation, and without it for comparison. Time: the whole fit (train_seconds, its
+scored on the test split by evaluate_model, the evaluate stage's code: with the recipe's test-time
+views (`tta`), and with fewer for comparison. Time: the whole fit (train_seconds, its
 per-epoch validation included), from the first batch to the last.
 Results: benchmarks/results/cifar.json and cifar.md (CPU model, threads, every epoch of every seed).
 """
@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from cnnlab.config import params as params_mod
+from cnnlab.config.params import TTA
 from cnnlab.datasets import formats as datasets
 from cnnlab.datasets.files import mirror_from_env
 from cnnlab.evaluate import evaluate_model
@@ -76,15 +77,16 @@ def one_seed(model: str, params: dict, seed: int, prepared: Path, work: Path) ->
     metrics, history = result.json["metrics"], result.tables["history"]
     checkpoint = work / f"{model}-{seed}.pt"
     result.files["checkpoint"](checkpoint)
-    tta = evaluate_model(model, checkpoint, prepared, 500).json["metrics"]["accuracy"]
     saved = torch.load(checkpoint, weights_only=True)
-    torch.save({**saved, "flip_tta": False}, checkpoint)
-    plain = evaluate_model(model, checkpoint, prepared, 500).json["metrics"]["accuracy"]
+    by_tta = {}
+    for tta in TTA:
+        torch.save({**saved, "tta": tta}, checkpoint)
+        by_tta[tta] = evaluate_model(model, checkpoint, prepared, 500).json["metrics"]["accuracy"]
     elapsed, epochs = 0.0, []
     for record in history:
         elapsed += record["seconds"]
         epochs.append({"epoch": record["epoch"], "val_accuracy": record["val_accuracy"], "seconds": elapsed})
-    row = {"seed": seed, "test_accuracy": tta if saved["flip_tta"] else plain, "test_accuracy_no_tta": plain,
+    row = {"seed": seed, "test_accuracy": by_tta[saved["tta"]], "test_accuracy_by_tta": by_tta,
            "train_seconds": metrics["train_seconds"], "images_per_second": metrics["images_per_second"],
            "precision": metrics["precision"], "epochs": epochs}
     print(f"{model} seed {seed}: {row['test_accuracy']:.2%} test in {row['train_seconds'] / 60:.1f} min", flush=True)
@@ -110,12 +112,15 @@ def markdown(results: dict, command: str) -> str:
              f"{sizes['train']:,} train / {sizes['val']:,} validation / {sizes['test']:,} held-out test "
              f"(stratified, seed 0), {runs[0]['precision']}. Minutes: the whole fit, validation included.", "",
              f"Recipe: {results['recipe']}", "",
-             "| seed | test accuracy | without flip TTA | minutes | images/s |", "| ---: | ---: | ---: | ---: | ---: |"]
+             "| seed | test accuracy | " + " | ".join(f"tta {t}" for t in TTA) + " | minutes | images/s |",
+             "| ---: | ---: | " + " | ".join("---:" for _ in TTA) + " | ---: | ---: |"]
     for r in runs:
-        lines.append(f"| {r['seed']} | {r['test_accuracy']:.2%} | {r['test_accuracy_no_tta']:.2%} | "
-                     f"{r['train_seconds'] / 60:.1f} | {r['images_per_second']:.0f} |")
+        lines.append(f"| {r['seed']} | {r['test_accuracy']:.2%} | "
+                     + " | ".join(f"{r['test_accuracy_by_tta'][t]:.2%}" for t in TTA)
+                     + f" | {r['train_seconds'] / 60:.1f} | {r['images_per_second']:.0f} |")
     lines.append(f"| mean | **{results['mean_test_accuracy']:.2%}** | "
-                 f"{statistics.mean(r['test_accuracy_no_tta'] for r in runs):.2%} | **{results['mean_minutes']:.1f}** | |")
+                 + " | ".join(f"{statistics.mean(r['test_accuracy_by_tta'][t] for r in runs):.2%}" for t in TTA)
+                 + f" | **{results['mean_minutes']:.1f}** | |")
     lines += ["", "Validation accuracy (1,000 images) after each epoch, and the minutes since the first batch:", "",
               "| epoch | " + " | ".join(f"seed {r['seed']}: val | min" for r in runs) + " |",
               "| ---: | " + " | ".join("---: | ---:" for _ in runs) + " |"]

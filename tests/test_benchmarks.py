@@ -80,7 +80,7 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_dry():
 def test_cifar_recipe_benchmark_trains_every_seed_and_reports_every_epoch(tmp_path):
     """benchmarks/cifar.py on a small generated folder of colour images (one epoch of a narrow
     airbench): prepare splits it as the pipeline would, each seed trains and is scored with and
-    without flip TTA, and the report judges by its own numbers."""
+    with each set of test-time views, and the report judges by its own numbers."""
     from PIL import Image
     from conftest import colour_digits
     cifar = load_script("cifar")
@@ -92,14 +92,16 @@ def test_cifar_recipe_benchmark_trains_every_seed_and_reports_every_epoch(tmp_pa
     params = cifar.recipe_params("airbench", ["airbench.epochs=2", "airbench.width=8", "airbench.batch_size=64",
                                               "prepare.val_size=30"])
     assert params["data"]["dataset"] == "folder" and params["prepare"]["test_fraction"] == 0.1
-    assert params["airbench"]["flip_tta"] is True  # the recipe's own choice, kept under the overrides
+    assert params["airbench"]["tta"] == "flip_translate"  # the recipe's own choice, kept under the overrides
     results = cifar.run("airbench", params, tmp_path / "cifar", seeds=2)
     results.update(date="2026-12-02", env={"device_name": "test CPU", "threads": 2, "torch": torch.__version__})
     assert results["sizes"] == {"train": 240, "val": 30, "test": 30}
     assert [r["seed"] for r in results["runs"]] == [0, 1]
     for run in results["runs"]:
         assert [e["epoch"] for e in run["epochs"]] == [1, 2] and run["epochs"][0]["seconds"] < run["epochs"][1]["seconds"]
-        assert 0 <= run["test_accuracy"] <= 1 and 0 <= run["test_accuracy_no_tta"] <= 1 and run["train_seconds"] > 0
+        assert set(run["test_accuracy_by_tta"]) == {"none", "flip", "flip_translate"} and run["train_seconds"] > 0
+        assert run["test_accuracy"] == run["test_accuracy_by_tta"]["flip_translate"]
+        assert all(0 <= a <= 1 for a in run["test_accuracy_by_tta"].values())
     assert results["runs"][0]["epochs"] != results["runs"][1]["epochs"]  # another seed, another fit
     assert results["meets_targets"] == (results["mean_test_accuracy"] >= 0.9 and
                                         max(r["train_seconds"] for r in results["runs"]) <= 20 * 60)

@@ -43,7 +43,14 @@ def test_predict_matches_a_direct_forward_pass():
     assert torch.allclose(result.probabilities, F.softmax(logits, 1), atol=1e-6)
 
 
-def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x moved by (dy, dx) pixels, the edge reflected into the gap (what flip_translate should look at)."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+def test_tta_scores_the_mean_logits_of_each_view(tmp_path):
     from cnnlab.engine.checkpoints import checkpoint
     from cnnlab.evaluate import evaluate_model
     from cnnlab.models import build
@@ -54,27 +61,36 @@ def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
     data = DeviceSplit(images, labels, [0.5], [0.25], torch.device("cpu"))
     model = build("mlp", 1, 3, 4).eval()  # not mirror-symmetric
 
-    def mean_logits(uint8_images):
+    def mean_logits(uint8_images, tta):
         x = (uint8_images.float() / 255 - 0.5) / 0.25
         with torch.no_grad():
-            return (model(x) + model(x.flip(-1))) / 2
+            if tta == "none":
+                return model(x)
+            mirrored = (model(x) + model(x.flip(-1))) / 2
+            if tta == "flip":
+                return mirrored
+            # airbench94's: half the pair itself, a quarter each the pair moved down-right and up-left
+            moved = [shifted(x, 1, 1), shifted(x, -1, -1)]
+            return mirrored / 2 + sum((model(m) + model(m.flip(-1))) / 2 for m in moved) / 4
 
-    flipped = predict_split(model, data, batch_size=16, flip=True)
-    assert flipped.loss == pytest.approx(F.cross_entropy(mean_logits(images), labels).item(), rel=1e-5)
-    assert torch.allclose(flipped.probabilities, F.softmax(mean_logits(images), 1), atol=1e-6)
-    assert not torch.allclose(flipped.probabilities, predict_split(model, data, batch_size=16).probabilities, atol=1e-4)
+    probabilities = {}
+    for tta in ("none", "flip", "flip_translate"):
+        got = predict_split(model, data, batch_size=16, tta=tta)
+        assert got.loss == pytest.approx(F.cross_entropy(mean_logits(images, tta), labels).item(), rel=1e-5)
+        assert torch.allclose(got.probabilities, F.softmax(mean_logits(images, tta), 1), atol=1e-6)
+        probabilities[tta] = got.probabilities
+    assert not torch.allclose(probabilities["flip"], probabilities["none"], atol=1e-4)
+    assert not torch.allclose(probabilities["flip_translate"], probabilities["flip"], atol=1e-4)
     # the checkpoint carries the choice, so the evaluate stage predicts as validation did
     splits = prepare((images, labels), (images[:30], labels[:30]), ("a", "b", "c"),
                      {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.25,
                       "val_size": None, "test_fraction": 0.2, "class_fraction": {}, "seed": 0})
     save_prepared(splits, tmp_path / "prepared")
     info = {**splits["info"], "mean": [0.5], "std": [0.25]}
-    for flip in (False, True):
-        torch.save(checkpoint("mlp", model, {}, info, "fp32", flip), tmp_path / "model.pt")
+    for tta in ("none", "flip", "flip_translate"):
+        torch.save(checkpoint("mlp", model, {}, info, "fp32", tta), tmp_path / "model.pt")
         test_images, test_labels = splits["test"]
-        with torch.no_grad():
-            plain = model((test_images.float() / 255 - 0.5) / 0.25)
-        expected = mean_logits(test_images) if flip else plain
+        expected = mean_logits(test_images, tta)
         got = evaluate_model("mlp", tmp_path / "model.pt", tmp_path / "prepared", 16).json["metrics"]["loss"]
         assert got == pytest.approx(F.cross_entropy(expected, test_labels).item(), rel=1e-5)
 
@@ -96,3 +112,9 @@ def test_scores_match_scikit_learn():
     for key, column in zip(("precision", "recall", "f1", "support"), per_class):
         assert [row[key] for row in rows] == pytest.approx(list(column))
     assert (confusion_matrix(actual, predicted, 5) == sk_confusion(actual, predicted, labels=labels)).all()
+
+
+def test_a_checkpoint_names_its_test_time_views_and_older_ones_still_read():
+    from cnnlab.engine.checkpoints import tta_of
+    assert tta_of({"tta": "flip_translate"}) == "flip_translate"
+    assert tta_of({"flip_tta": True}) == "flip" and tta_of({"flip_tta": False}) == "none" and tta_of({}) == "none"

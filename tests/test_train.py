@@ -21,7 +21,7 @@ CFG = {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_d
        "nesterov": False, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 0,
        "eval_batch_size": 100, "progress": False, "precision": "fp32", "loss": "cross_entropy", "label_smoothing": 0.0,
        "augment": {"crop_padding": 0, "hflip": False, "shift": 0.0, "scale": 0.0, "noise": 0.0},
-       "compile": False, "seed": 0, "flip_tta": False}
+       "compile": False, "seed": 0, "tta": "none"}
 
 
 def splits(n_train=400, n_val=200):

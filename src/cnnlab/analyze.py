@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab import CnnlabError, analyses, explain, models
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
-from cnnlab.engine.checkpoints import load_checkpoint
+from cnnlab.engine.checkpoints import load_checkpoint, tta_of
 from cnnlab.engine.inference import autocast_dtype, memory_format_for
 from cnnlab.prepare import load_prepared, one_per_class
 from cnnlab.results import Result
@@ -26,7 +26,7 @@ def analyze_model(name: str, checkpoint_path: Path, prepared_dir: Path, options:
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
     subject = analyses.Subject(name, model, models.spec(name), ckpt["classes"], test, labels, options,
-                               autocast_dtype(ckpt.get("precision", "fp32"), device), ckpt.get("flip_tta", False),
+                               autocast_dtype(ckpt.get("precision", "fp32"), device), tta_of(ckpt),
                                samples, [ckpt["classes"][int(labels[i])] for i in samples])
     return analyses.run_all(subject)
 

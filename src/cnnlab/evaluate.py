@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
-from cnnlab.engine.checkpoints import load_checkpoint
+from cnnlab.engine.checkpoints import load_checkpoint, tta_of
 from cnnlab.figures import confusion_figure
 from cnnlab.engine.inference import autocast_dtype, memory_format_for, predict_split
 from cnnlab.results import Result
@@ -53,7 +53,7 @@ def evaluate_model(name: str, checkpoint_path: Path, prepared_dir: Path, batch_s
     test = DeviceSplit(*data["test"], ckpt["mean"], ckpt["std"], device, memory_format_for(model),
                        budget=DeviceBudget(device, max_device_bytes))
     result = predict_split(model, test, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
-                   flip=ckpt.get("flip_tta", False))
+                   tta=tta_of(ckpt))
     actual, predicted = data["test"][1].numpy(), result.predicted.numpy()
     classes = ckpt["classes"]
     overall, per_class = class_metrics(actual, predicted, classes)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from cnnlab import CnnlabError
 from cnnlab.engine.batches import DeviceSplit
-from cnnlab.engine.checkpoints import load_checkpoint
+from cnnlab.engine.checkpoints import load_checkpoint, tta_of
 from cnnlab.datasets.folder import IMAGE_SUFFIXES, BadImage, decode_files, hidden
 from cnnlab.engine.inference import autocast_dtype, run
 from cnnlab.plumbing.outputs import write_atomically
@@ -68,7 +68,7 @@ def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size
     data = DeviceSplit(images, torch.zeros(len(images), dtype=torch.long), ckpt["mean"], ckpt["std"], device)
     probabilities = torch.cat([F.softmax(logits, 1).cpu() for logits, _ in run(
         model, data, batch_size, autocast_dtype(ckpt.get("precision", "fp32"), device),
-        flip=ckpt.get("flip_tta", False))])
+        tta=tta_of(ckpt))])
     best = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
     return [(path, [(ckpt["classes"][int(c)], float(p)) for p, c in zip(values, classes)])
             for path, values, classes in zip(files, best.values, best.indices)]

@@ -46,7 +46,7 @@ class Subject:
     labels: torch.Tensor       # test labels, on the CPU
     options: dict              # params.yaml's analyze section
     dtype: torch.dtype | None  # the autocast it was trained with
-    flip: bool                 # whether it predicts with its mirror image too (train.flip_tta)
+    tta: str                   # the test-time views it predicts from (train.tta)
     samples: torch.Tensor      # a few test images per class, for the per-image figures
     row_labels: list[str]      # their classes' names
 

@@ -19,7 +19,7 @@ def most_confused(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list
 
 
 def run(s, findings, section) -> None:
-    probs = predict_split(s.model, s.test, s.options["batch_size"], s.dtype, flip=s.flip).probabilities
+    probs = predict_split(s.model, s.test, s.options["batch_size"], s.dtype, tta=s.tta).probabilities
     mistakes = most_confused(probs, s.labels, s.options["top_confused"])
     if not mistakes:
         section["text"].append("No test image is misclassified.")

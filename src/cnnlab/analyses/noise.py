@@ -14,17 +14,17 @@ PLOTS = {"noise": {"x": "noise", "y": "accuracy", "title": "test accuracy under 
 
 
 def accuracy_under_noise(model, test, levels: list[float], batch_size: int, seed: int, dtype=None,
-                         flip: bool = False) -> dict[str, float]:
+                         tta: str = "none") -> dict[str, float]:
     result = {}
     for level in levels:
         noisy = salt_and_pepper(test.images.cpu(), level, torch.Generator().manual_seed(seed))
-        result[f"{level:g}"] = predict_split(model, test.with_images(noisy), batch_size, dtype, keep=False, flip=flip).accuracy
+        result[f"{level:g}"] = predict_split(model, test.with_images(noisy), batch_size, dtype, keep=False, tta=tta).accuracy
     return result
 
 
 def run(s, findings, section) -> None:
     noise = accuracy_under_noise(s.model, s.test, s.options["noise_levels"], s.options["batch_size"],
-                                 s.options["seed"], s.dtype, s.flip)
+                                 s.options["seed"], s.dtype, s.tta)
     findings.metrics["noise_accuracy"] = noise
     findings.tables["noise"] = [{"noise": float(k), "accuracy": v} for k, v in noise.items()]
     levels = sorted(noise.items(), key=lambda item: float(item[0]))

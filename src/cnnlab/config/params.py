@@ -52,6 +52,7 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TTA = ("none", "flip", "flip_translate")
 MAX_BATCH = 1 << 16
 
 SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
@@ -86,7 +87,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "gamma": checks.number(0, 1, low_open=True),
         "loss": checks.choice(*losses.names()),
         "label_smoothing": checks.number(0, 1, high_open=True),
-        "flip_tta": checks.boolean,
+        "tta": checks.choice(*TTA),
         "augment": _augment,
         "patience": checks.integer(0),
         "seed": checks.integer(0),
@@ -302,9 +303,9 @@ def model_kwargs(params: dict, model: str) -> dict:
 # the training settings a user tunes, in the order the recipe line names them; the last ones only
 # when set (their defaults go without saying)
 RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "betas", "momentum", "nesterov", "scheduler",
-               "step_size", "gamma", "loss", "label_smoothing", "patience", "augment", "flip_tta", "weights", "freeze",
+               "step_size", "gamma", "loss", "label_smoothing", "patience", "augment", "tta", "weights", "freeze",
                "seed", "device", "precision", "memory_format", "compile", "nproc", "eval_batch_size")
-UNSAID = {"betas": [0.9, 0.999], "nesterov": False, "loss": "cross_entropy", "augment": None, "flip_tta": False,
+UNSAID = {"betas": [0.9, 0.999], "nesterov": False, "loss": "cross_entropy", "augment": None, "tta": "none",
           "weights": None, "freeze": False, "seed": 0, "device": "auto", "precision": "auto", "memory_format": "auto",
           "compile": False, "nproc": 1, "eval_batch_size": 256}
 USED_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),  # Adam's are betas

@@ -20,15 +20,20 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def checkpoint(name: str, model: nn.Module, options: dict, info: dict, precision: str = "fp32",
-               flip_tta: bool = False) -> dict:
+               tta: str = "none") -> dict:
     return {
         "model": name, "options": options,
         "in_channels": info["channels"], "num_classes": len(info["classes"]), "image_size": info["image_size"],
         "classes": info["classes"], "mean": info["mean"], "std": info["std"],
         "precision": precision,  # inference runs under the autocast the model was trained with
-        "flip_tta": flip_tta,    # and predicts as it was validated: with its mirror image, or not
+        "tta": tta,              # and predicts from the views it was validated with (train.tta)
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def tta_of(ckpt: dict) -> str:
+    """The test-time views a checkpoint predicts with (`flip_tta: true` in checkpoints before `tta`)."""
+    return ckpt.get("tta") or ("flip" if ckpt.get("flip_tta") else "none")
 
 
 def _read(path: Path, missing: str, what: str) -> object:

@@ -52,18 +52,29 @@ def memory_format_for(model: nn.Module, memory_format: str = "auto") -> torch.me
     return torch.channels_last if uses_channels_last(model, memory_format) else torch.contiguous_format
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The logits of images x averaged over test-time views (`train.tta`): `flip` adds each mirror
+    image; `flip_translate` (airbench94's) also both shifted one pixel up-left and down-right."""
+    if tta == "none":
+        return model(x)
+    logits = (model(x) + model(x.flip(-1))) / 2
+    if tta == "flip":
+        return logits
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (padded[..., :height, :width], padded[..., 2:, 2:])
+    return logits / 2 + sum(tta_logits(model, s, "flip") for s in shifted) / 4
+
+
 def run(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-        index: torch.Tensor | None = None, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(fp32 logits, labels) of each batch, in order (of `index` when given). `flip`: the mean of
-    the logits of each image and its mirror image (test-time augmentation, `train.flip_tta`)."""
+        index: torch.Tensor | None = None, tta: str = "none") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 logits, labels) of each batch, in order (of `index` when given), over the `tta` views."""
     model.eval()
     device = data.labels.device
     with torch.inference_mode():
         for x, y in data.batches(batch_size, index=index):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-                if flip:
-                    logits = (logits + model(x.flip(-1))) / 2
+                logits = tta_logits(model, x, tta)
             yield logits.float(), y
 
 
@@ -76,14 +87,14 @@ class SplitPredictions:
 
 
 def predict_split(model: nn.Module, data: DeviceSplit, batch_size: int, dtype: torch.dtype | None = None,
-          keep: bool = True, flip: bool = False) -> SplitPredictions:
+          keep: bool = True, tta: str = "none") -> SplitPredictions:
     """Cross-entropy and accuracy over a split (the test set, an analysis's images); with `keep`, also
-    every prediction and its probabilities. `flip`: as `run`. Training validates with its own loss
+    every prediction and its probabilities. `tta`: as `run`. Training validates with its own loss
     (cnnlab.train.loop.evaluate)."""
     loss_sum = torch.zeros((), device=data.labels.device)
     correct = torch.zeros((), device=data.labels.device, dtype=torch.long)
     predicted, probabilities = [], []
-    for logits, y in run(model, data, batch_size, dtype, flip=flip):
+    for logits, y in run(model, data, batch_size, dtype, tta=tta):
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         if keep:

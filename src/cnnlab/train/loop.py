@@ -50,7 +50,7 @@ def evaluate(model, loss_function, data, cfg):
     dtype = autocast_dtype(cfg["precision"], data.device)
     loss = torch.zeros((), device=data.device)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
-    for logits, y in run(model, data, cfg["eval_batch_size"], dtype, parallel.my_part(len(data)), cfg["flip_tta"]):
+    for logits, y in run(model, data, cfg["eval_batch_size"], dtype, parallel.my_part(len(data)), cfg["tta"]):
         loss += loss_function(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     loss, correct = parallel.sum_over_ranks(loss.double(), correct.double())  # float64 holds both exactly

@@ -82,7 +82,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
         "env": environment(device, cfg["seed"]),
     }
     trained_in = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    saved = checkpoint(name, model, options, info, trained_in, cfg["flip_tta"])
+    saved = checkpoint(name, model, options, info, trained_in, cfg["tta"])
     return Result(json={"metrics": metrics}, tables={"history": result["history"], "steps": result["steps"]},
                   files={"checkpoint": lambda path: torch.save(saved, path),
                          "watch": lambda path: write_watch(path, result["watch"])})
