@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import torch
 
@@ -109,3 +110,16 @@ def test_cifar_recipe_benchmark_trains_every_seed_and_reports_every_epoch(tmp_pa
     assert "test CPU, 2 threads" in table and "240 train / 30 validation / 30 held-out test" in table
     assert table.count("\n| 0 |") == 1 and "\n| 2 |" in table and "seed 1: val" in table
     assert ("met." if results["meets_targets"] else "**not met**.") in table
+
+
+def test_install_benchmark_installs_as_the_makefile_does_and_its_report_is_its_json():
+    install = load_script("install")
+    makefile = (REPO / "Makefile").read_text()
+    for tool, expected in (("uv", "uv pip install --quiet --python $(PYTHON) $(UV_TORCH) -r $(REQUIREMENTS)"),
+                           ("pip", "$(PYTHON) -m pip install --quiet $(PIP_TORCH) -r $(REQUIREMENTS)")):
+        assert expected in makefile  # the Makefile's install lines, which the benchmark repeats
+        commands = [" ".join(c) for c in install.install_commands(tool, "venv/bin/python", REPO / "cache")]
+        assert commands[-2].endswith("-r requirements.lock") and commands[-1].endswith("--no-deps -e .")
+    found = json.loads((REPO / "benchmarks" / "results" / "install.json").read_text())
+    assert (REPO / "benchmarks" / "results" / "install.md").read_text() == install.markdown(found)
+    assert {(run["tool"], run["cache"]) for run in found["runs"]} == {(t, c) for t in ("uv", "pip") for c in ("empty", "full")}

@@ -187,6 +187,45 @@ def json_schema() -> dict:
             "properties": sections}
 
 
+MODEL_TEXT = {  # what each model is built from (its shipped options and section: the other columns, params.md)
+    "mlp": "two hidden layers",
+    "cnn": "conv16, conv32 (3x3), fc128",
+    "cnn_small": "conv8, conv16 (3x3), one linear head: the SGD study's net",
+    "lenet": "LeNet-5-like: conv6, conv16 (5x5), fc120, fc84",
+    "speedrun": "the fastest public MNIST recipe's net: conv24 5x5, conv32 3x3, fc256; one epoch "
+                "(`benchmarks/speedrun.py`)",
+    "alexnet": "torchvision's AlexNet; first conv takes the data's channels; n-class head; each batch resized on "
+               "the device to `input_size`",
+    "resnet18": "torchvision's ResNet18 with the data's channels and classes",
+    "airbench": "the CIFAR-10 speed records' net: a 2x2 whitening conv set from the training images (frozen), three "
+                "conv groups of `width`, 4x and 4x channels, GELU, norm shifts only; its section sets its own width, "
+                "epochs and TTA ([CIFAR-10 on a CPU](performance.md#cifar-10-on-a-cpu))",
+    "resnet_small": "the CIFAR ResNet-20 of He et al.: 3 stages of torchvision BasicBlocks at 16, 32, 64 channels",
+}
+
+
+def shipped_options(name: str) -> dict:
+    """A model's options as params.yaml ships them (its section, else the constructor's default)."""
+    raw, signature = read_yaml((ROOT / "params.yaml").read_text()), inspect.signature(models.spec(name).build).parameters
+    shipped = raw.get(name) or {}
+    return {option: shipped.get(option, signature[option].default) for option in models.options(name)}
+
+
+def model_zoo() -> str:
+    """Every model: what it is built from, its trainable parameters (counted on the built model, with
+    the shipped options) for digits and for colour images, and its options."""
+    from cnnlab.engine.checkpoints import count_parameters
+    rows = []
+    for name in models.names():
+        options = shipped_options(name)
+        counts = [f"{count_parameters(models.build(name, channels, 10, size, **options)):,}"
+                  for channels, size in ((1, 28), (3, 32))]
+        rows.append([f"`{name}`", MODEL_TEXT[name], *counts,
+                     ", ".join(f"`{option}` ({_default(value)})" for option, value in options.items())])
+    return markdown_table(["model", "built from", "parameters, 1x28x28", "parameters, 3x32x32",
+                           "options in its section (shipped value)"], rows)
+
+
 def pipeline_time() -> str:
     """How long the shipped pipeline takes, per stage and for the user's loop (benchmarks/results/pipeline.json)."""
     found = _read_json(ROOT / "benchmarks" / "results" / "pipeline.json")
@@ -200,6 +239,16 @@ def pipeline_time() -> str:
     return markdown_table(["what runs", "seconds (median)"], rows) + \
         (f"\nMeasured on {env['device_name']} ({env['threads']} threads), torch {env['torch']} by "
          f"`python benchmarks/pipeline.py` (benchmarks/results/pipeline.md).\n")
+
+
+def speedrun() -> str:
+    """The speedrun recipe's claim, from its race (benchmarks/results/speedrun.json)."""
+    found = _read_json(ROOT / "benchmarks" / "results" / "speedrun.json")
+    ours, env = found["summary"]["cnnlab speedrun"], found["env"]
+    seeds = len(found["runs"]["cnnlab speedrun"])
+    return (f"**Go fast.** `dvc exp run -S 'models=[speedrun]'` trains MNIST to {ours['mean_accuracy']:.2%} test "
+            f"accuracy in one epoch, {ours['mean_seconds']:.1f} s of training on {env['device_name']} "
+            f"({env['threads']} threads; the mean of {seeds} seeds, `benchmarks/results/speedrun.md`).\n")
 
 
 def epochs_of_their_own() -> str:
@@ -219,7 +268,7 @@ def cuda() -> str:
             f"{pins['cuda-toolkit']}) and cuDNN {pins['nvidia-cudnn-cu13'].split('.')[0]} on Linux.\n")
 
 
-TABLES = {"results": results, "cuda": cuda, "pipeline-time": pipeline_time, "epochs-of-their-own": epochs_of_their_own,
+TABLES = {"results": results, "models": model_zoo, "cuda": cuda, "pipeline-time": pipeline_time, "speedrun": speedrun, "epochs-of-their-own": epochs_of_their_own,
           "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 
