@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import shlex
 import struct
 from pathlib import Path
 
@@ -11,6 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MIRROR = REPO.parent / "shared" / "datasets"
+
+
+def documented_commands(page: str) -> list[list[str]]:
+    """The commands of the shell blocks that `page` (a path from the repository root) marks
+    `<!-- run by: ... -->`, in order, each split as a shell splits it (comments dropped, continued
+    lines joined): a test runs them as the reader reads them (tests/test_docs.py checks the mark)."""
+    text = (REPO / page).read_text()
+    blocks = re.findall(r"<!-- run by: [^>]+ -->\n```\w*\n(.*?)^```", text, re.S | re.M)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [words for words in (shlex.split(line, comments=True) for line in lines) if words]
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:

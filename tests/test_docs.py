@@ -75,6 +75,19 @@ def shell_blocks(document: Path) -> list[tuple[str, str, bool]]:
     return found
 
 
+def commands(block: str) -> list[str]:
+    """A shell block's commands: continued lines joined, comments and blank lines dropped, spaces collapsed."""
+    lines = (" ".join(line.split(" #")[0].split()) for line in block.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def runs(runner: Path, page: str, command: str) -> bool:
+    """A file named in `run by:` runs a command when it holds it as written (spaces aside), or when
+    it reads the page's marked blocks with conftest.documented_commands, to run them as written."""
+    source = runner.read_text()
+    return command in " ".join(source.split()) or ("documented_commands(" in source and f'"{page}"' in source)
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
 def test_every_shell_block_is_run_or_marked_illustrative(document):
     """A reader copies shell blocks: each is run by tools/captures.py (its output is on the page) or
@@ -84,10 +97,11 @@ def test_every_shell_block_is_run_or_marked_illustrative(document):
         assert captured or runners or before == "<!-- illustrative -->", \
             f"{document.name}: neither run nor marked illustrative:\n{body}"
         if runners:
-            said = "".join((REPO / name.strip()).read_text() for name in runners.group(1).split(","))
-            for line in body.splitlines():
-                command = line.split("#")[0].split()[:2]
-                assert all(f'"{word}"' in said or f" {word}" in said for word in command), (document.name, line)
+            named = [REPO / name.strip() for name in runners.group(1).split(",")]
+            page = document.relative_to(REPO).as_posix()
+            for command in commands(body):
+                assert any(runs(runner, page, command) for runner in named), \
+                    f"{page}: no file of {runners.group(1)} runs `{command}`"
         assert not re.search(r"(^|\s)\.\.\.(\s|$)", body), f"{document.name}: a bare ... in\n{body}"
 
 
@@ -96,6 +110,17 @@ def test_the_block_rule_catches_an_unmarked_block(tmp_path):
     page.write_text("Run:\n\n```bash\ndvc repro ...\n```\n\n<!-- illustrative -->\n```bash\ndvc repro\n```\n")
     (first, _, captured), (second, _, _) = shell_blocks(page)
     assert first != "<!-- illustrative -->" and not captured and second == "<!-- illustrative -->"
+
+
+def test_a_runner_that_only_mentions_a_command_does_not_run_it(tmp_path):
+    runner = tmp_path / "test_x.py"
+    runner.write_text('# dvc exp run, then -S lenet.lr=0.02\nsubprocess.run(["dvc", "exp", "run"])\n')
+    assert commands("dvc exp run \\\n  -S lenet.lr=0.02   # a faster LeNet\n\n") == ["dvc exp run -S lenet.lr=0.02"]
+    assert not runs(runner, "docs/x.md", "dvc exp run -S lenet.lr=0.02")
+    runner.write_text('subprocess.run("dvc  exp run -S lenet.lr=0.02", shell=True)\n')
+    assert runs(runner, "docs/x.md", "dvc exp run -S lenet.lr=0.02")
+    runner.write_text('for command in documented_commands("docs/x.md"):\n    subprocess.run(command)\n')
+    assert runs(runner, "docs/x.md", "dvc exp run -S lenet.lr=0.02") and not runs(runner, "docs/y.md", "dvc repro")
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)

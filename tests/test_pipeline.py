@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_project, make_mirror, pipeline_env
+from conftest import REPO, copy_project, documented_commands, make_mirror, pipeline_env
 
 MODELS = ["mlp", "cnn", "lenet"]
 NOISE_CHART = "plots/compare/tables/noise.csv"  # the noise analysis's declared plot, drawn for every model
@@ -40,12 +40,22 @@ def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+MAKE_PAGES = ["README.md", "docs/index.md", "docs/install.md", "docs/getting-started.md"]
+
+
+@pytest.mark.parametrize("page", MAKE_PAGES)
+def test_every_page_gives_the_two_make_commands(page):
+    """Each page that opens with the two commands gives the ones run here (`make repro`) and by CI (`make test`)."""
+    assert documented_commands(page) == [["make", "repro"], ["make", "test"]]
+
+
 def make_repro(project_env) -> str:
     """The README's first command, `make repro`, on the copy: with this checkout's environment
     (linked, and not reinstalled: -o keeps make from redoing the set-up) and the generated mirror."""
     project, env = project_env
     (project / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
-    result = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=project, env=env, capture_output=True,
+    make, target = documented_commands("README.md")[0]
+    result = subprocess.run([make, "-o", ".venv/.installed", target], cwd=project, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

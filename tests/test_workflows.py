@@ -7,14 +7,13 @@ origin and a folder DVC remote beside it; the tests run in file order and build 
 
 import json
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, copy_project, make_mirror, pipeline_env
+from conftest import REPO, copy_project, documented_commands, make_mirror, pipeline_env
 from test_pipeline import ran
 
 pytestmark = pytest.mark.slow
@@ -177,6 +176,13 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), re.S)
 
 
+def walkthrough_commands() -> list[list[str]]:
+    """The page's commands, in its order: add a model, add an analysis, change the loss, add a dataset."""
+    commands = documented_commands("docs/extending.md")
+    assert len(commands) == 4, commands
+    return commands
+
+
 def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
     a, env, _, _ = team
     python, yaml_blocks = code_blocks("python"), code_blocks("yaml")
@@ -184,7 +190,7 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
     with open(a / "params.yaml", "a") as stream:
         stream.write(yaml_blocks[0])
     assert status(a, env) == set()  # a new model changes no existing stage
-    out = sh(a, env, "dvc", "exp", "run", "-S", "models=[mlp,lenet,tiny]")
+    out = sh(a, env, *walkthrough_commands()[0])
     assert set(ran(out)) == {"train@tiny", "evaluate@tiny", "analyze@tiny", "report"}
     assert json.loads((a / "metrics/scores.json").read_text())["test"]["tiny"] > 0.3  # chance: 0.1
     assert json.loads((a / "metrics/analysis/tiny.json").read_text())["gradcam_layer"] == "relu (ReLU)"
@@ -192,7 +198,7 @@ def test_the_add_a_model_and_add_an_analysis_walkthroughs_work_as_written(team):
     (a / "src/cnnlab/analyses/confidence.py").write_text(python[1])
     every = {f"analyze@{m}" for m in [*MODELS, "tiny"]}  # the workspace now trains tiny too
     assert status(a, env) == every
-    assert set(ran(sh(a, env, "dvc", "repro"))) == every | {"report"}
+    assert set(ran(sh(a, env, *walkthrough_commands()[1]))) == every | {"report"}
     for model in [*MODELS, "tiny"]:
         shares = [float(r.split(",")[1]) for r in (a / f"plots/tables/{model}/confidence.csv").read_text().split()[1:]]
         assert sum(shares) == pytest.approx(1.0)
@@ -208,7 +214,7 @@ def test_the_change_the_loss_walkthrough_works_as_written(team):
     (a / "src/cnnlab/losses/focal.py").write_text(code_blocks("python")[2])
     trained = yaml.safe_load((a / "params.yaml").read_text())["models"]  # earlier walk-throughs may add some
     assert status(a, env) == {f"train@{m}" for m in trained}
-    ran_stages = set(ran(sh(a, env, *shlex.split(code_blocks("bash")[2]))))
+    ran_stages = set(ran(sh(a, env, *walkthrough_commands()[2])))
     assert ran_stages == {f"{stage}@{m}" for stage in ("train", "evaluate", "analyze") for m in trained} | {"report"}
     assert json.loads((a / "metrics/train/lenet.json").read_text())["val_accuracy"] > 0.3  # chance: 0.1
 
@@ -219,7 +225,6 @@ def test_the_add_a_dataset_walkthrough_works_as_written(team):
     with open(a / "src/cnnlab/datasets/__init__.py", "a") as stream:
         stream.write("\n" + code_blocks("python")[3])
     assert status(a, env) - before == {"download", "prepare"}
-    command = shlex.split(code_blocks("bash")[3])
-    out = sh(a, env, *command)
+    out = sh(a, env, *walkthrough_commands()[3])
     assert {"download", "prepare"} <= set(ran(out))
     assert json.loads((a / "metrics/data.json").read_text())["classes"] == [str(d) for d in range(10)]
