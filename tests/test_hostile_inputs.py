@@ -437,5 +437,5 @@ def test_explanations_too_large_for_the_address_space_limit_are_one_line(prepare
     result = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "stages/analyze.py", "mlp"], cwd=project,
                             env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True)
     assert_one_line_error(result, "params.yaml: analyze.explain_samples 2000 (scoring 4 attribution methods on 100 "
-                          "test images of 1x28x28 with mlp)", "of address space is left", "lower analyze.explain_samples")
+                          "test images of 1x28x28 with mlp)", "is free to this process", "address-space limit", "lower analyze.explain_samples")
     assert not (project / "plots" / "analysis" / "mlp").exists() and not (project / "metrics" / "analysis").exists()

@@ -64,7 +64,7 @@ def test_no_cgroup_files_means_no_limit(tmp_path):
 def test_check_memory_stops_at_the_cgroup_limit(monkeypatch):
     monkeypatch.setattr(runtime, "cgroup_headroom", lambda root=None: 2**20)
     assert runtime.available_bytes() == 2**20
-    with pytest.raises(CnnlabError, match="needs 1.0 GiB but only 0.0 GiB is free to this process"):
+    with pytest.raises(CnnlabError, match="needs 1.00 GiB but only 0.00 GiB is free to this process"):
         runtime.check_memory(2**30, "decoding")
 
 
@@ -150,3 +150,12 @@ def batch_options(case: str) -> dict:
     if case == "shuffled":
         return {"generator": torch.Generator().manual_seed(1)}
     return {"index": torch.arange(200, 0, -7)} if case == "by index" else {}
+
+
+def test_the_address_space_limit_counts_as_a_memory_limit(monkeypatch):
+    """`ulimit -v` caps what a process may map, memory maps included: every memory check reads it."""
+    monkeypatch.setattr(runtime, "cgroup_headroom", lambda root=None: None)
+    monkeypatch.setattr(runtime, "address_space_room", lambda: 3 * 2**20)
+    assert runtime.available_bytes() == 3 * 2**20
+    with pytest.raises(CnnlabError, match="address-space limit\\); lower x"):
+        runtime.check_memory(2**30, "decoding", fix="lower x")

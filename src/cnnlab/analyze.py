@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab import CnnlabError, analyses, explain, models
+from cnnlab import analyses, explain, models
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import load_checkpoint, tta_of
 from cnnlab.engine.inference import autocast_dtype, memory_format_for
@@ -39,21 +39,4 @@ def check_explanations_fit(name: str, model, image_shape: tuple[int, int, int], 
     needed = explain.peak_bytes(model, image_shape, images, methods)
     what = (f"params.yaml: analyze.explain_samples {options['explain_samples']} (scoring {methods} attribution methods "
             f"on {images:,} test images of {'x'.join(map(str, image_shape))} with {name})")
-    check_memory(needed, what, device)
-    room = address_space_room()
-    if device.type == "cpu" and room is not None and needed > room:
-        raise CnnlabError(f"{what} needs {needed / 2**30:,.2f} GiB but only {room / 2**30:,.2f} GiB of address "
-                          f"space is left under this process's limit (ulimit -v); lower analyze.explain_samples "
-                          f"or raise the limit")
-
-
-def address_space_room() -> int | None:
-    """Bytes this process may still map under its address-space limit (`ulimit -v`, `prlimit --as`),
-    or None when it has none."""
-    try:
-        import resource
-    except ImportError:  # Windows has no rlimits
-        return None
-    import psutil
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    return None if limit == resource.RLIM_INFINITY else limit - psutil.Process().memory_info().vms
+    check_memory(needed, what, device, fix="lower analyze.explain_samples")

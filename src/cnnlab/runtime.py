@@ -86,26 +86,38 @@ def cgroup_headroom(root: Path = Path("/")) -> int | None:
     return headroom
 
 
+def address_space_room() -> int | None:
+    """Bytes this process may still map under its address-space limit (`ulimit -v`, `prlimit --as`),
+    or None when it has none."""
+    try:
+        import resource
+    except ImportError:  # Windows has no rlimits
+        return None
+    import psutil
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit - psutil.Process().memory_info().vms
+
+
 def available_bytes(device=None) -> int:
     """Memory free for new tensors: the GPU's on CUDA; otherwise the machine's, or less where the
-    process's cgroup (a container's or a job scheduler's memory limit) allows less."""
+    process's cgroup (a container's or a job scheduler's memory limit) or its address-space limit
+    allows less."""
     if device is not None and device.type == "cuda":
         import torch
         return torch.cuda.mem_get_info(device)[0]
     import psutil
-    free = psutil.virtual_memory().available
-    headroom = cgroup_headroom()
-    return free if headroom is None else min(free, headroom)
+    limits = (psutil.virtual_memory().available, cgroup_headroom(), address_space_room())
+    return min(limit for limit in limits if limit is not None)
 
 
-def check_memory(needed: int, what: str, device=None) -> None:
+def check_memory(needed: int, what: str, device=None, fix: str = "use smaller sizes") -> None:
     """One clear line, instead of an allocation failure deep inside torch (or the kernel killing the
     process at its cgroup's memory limit), when `needed` bytes cannot fit."""
     free = available_bytes(device)
-    where = f"on {device}" if device is not None else "to this process (the machine's, or its cgroup's limit)"
+    where = (f"on {device}" if device is not None and device.type == "cuda" else
+             "to this process (the machine's, or its cgroup's or address-space limit)")
     if needed > free:
-        raise CnnlabError(f"{what} needs {needed / 2**30:,.1f} GiB but only {free / 2**30:,.1f} GiB is free "
-                          f"{where}; use smaller sizes")
+        raise CnnlabError(f"{what} needs {needed / 2**30:,.2f} GiB but only {free / 2**30:,.2f} GiB is free {where}; {fix}")
 
 
 def pick_device(name: str = "auto") -> "torch.device":
