@@ -12,7 +12,7 @@ every seed). Each seed trains through cnnlab's train_model, the code the train s
 scored on the test split by evaluate_model, the evaluate stage's code: with the recipe's test-time
 views (`tta`), and with fewer for comparison. Time: the whole fit (train_seconds, its
 per-epoch validation included), from the first batch to the last.
-Results: benchmarks/results/cifar.json and cifar.md (CPU model, threads, every epoch of every seed).
+Results: benchmarks/results/cifar.json and cifar.md, or --name's (CPU model, threads, every epoch of every seed).
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--folder", type=Path, default=None, help="CIFAR-10 class folders (default: the mirror's archive)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override, as -S")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for cifar.json and cifar.md")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json and NAME.md")
+    parser.add_argument("--name", default="cifar", help="the results' file name (one per CPU: cifar-amd, ...)")
     args = parser.parse_args()
     params = recipe_params(args.model, args.set)
     with tempfile.TemporaryDirectory() as work:
@@ -161,8 +162,8 @@ def main() -> None:
     command = "python benchmarks/cifar.py" + "".join(f" --set {s}" for s in args.set) + \
         (f" --seeds {args.seeds}" if args.seeds != 2 else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cifar.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "cifar.md").write_text(markdown(results, command))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(results, command))
     print(markdown(results, command))
 
 

@@ -162,7 +162,9 @@ def test_the_recipe_line_says_where_each_value_comes_from():
     params = load(REPO / "params.yaml")
     params["train"]["epochs"] = 1
     line = describe_recipe(params, "resnet18")
-    assert line.startswith("resnet18: epochs 12 from resnet18:, overriding train.epochs 1; batch_size 128; ")
+    assert line.startswith("resnet18 (stem cifar): epochs 12 from resnet18:, overriding train.epochs 1; batch_size 128; ")
+    params["airbench"]["width"] = 48
+    assert describe_recipe(params, "airbench").startswith("airbench (width 48): epochs 16 from airbench:")
     assert "optimizer adamw from resnet18:, overriding train.optimizer adam" in line
     assert "momentum" not in line and "weights" not in line  # not used by adamw; unset
     line = describe_recipe(params, "lenet")

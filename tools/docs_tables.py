@@ -251,6 +251,22 @@ def speedrun() -> str:
             f"({env['threads']} threads; the mean of {seeds} seeds, `benchmarks/results/speedrun.md`).\n")
 
 
+def cifar_by_cpu() -> str:
+    """One row per committed CIFAR-10 benchmark (benchmarks/results/cifar*.json): the CPU, the
+    airbench width and test-time views it ran, its mean test accuracy and minutes, and the verdict."""
+    rows = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("cifar*.json")):
+        found = _read_json(path)
+        width = re.search(r"width (\d+)", found["recipe"]) or re.search(r"width(\d+)", path.stem)  # older: in the name
+        tta = re.search(r"(?:tta|flip_tta) (\w+) from", found["recipe"])
+        rows.append([found["env"]["device_name"], width.group(1) if width else "64",
+                     {"True": "flip", "False": "none"}.get(tta.group(1), tta.group(1)) if tta else "none",
+                     f"{found['mean_test_accuracy']:.2%}", f"{found['mean_minutes']:.1f}", found["date"],
+                     "met" if found["meets_targets"] else "not met", f"`benchmarks/results/{path.stem}.md`"])
+    return markdown_table(["CPU (2 threads)", "width", "TTA", "mean test accuracy", "minutes", "measured",
+                           ">= 90% within 20 min", "report"], rows)
+
+
 def epochs_of_their_own() -> str:
     """The sections of params.yaml that set their own epochs, so `-S train.epochs=N` does not reach them."""
     raw = read_yaml((ROOT / "params.yaml").read_text())
@@ -268,7 +284,7 @@ def cuda() -> str:
             f"{pins['cuda-toolkit']}) and cuDNN {pins['nvidia-cudnn-cu13'].split('.')[0]} on Linux.\n")
 
 
-TABLES = {"results": results, "models": model_zoo, "cuda": cuda, "pipeline-time": pipeline_time, "speedrun": speedrun, "epochs-of-their-own": epochs_of_their_own,
+TABLES = {"results": results, "models": model_zoo, "cuda": cuda, "pipeline-time": pipeline_time, "speedrun": speedrun, "cifar-by-cpu": cifar_by_cpu, "epochs-of-their-own": epochs_of_their_own,
           "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 

@@ -319,9 +319,10 @@ def _shown(key: str, value: Any) -> str:
 
 
 def describe_recipe(params: dict, model: str) -> str:
-    """One line: the effective training recipe of `model` and where each value comes from. A model's
-    own section wins over `train:`; its values are marked, with the `train:` value they override
-    (the design card's `-S train.epochs=1` does nothing for a model whose section sets epochs)."""
+    """One line: the network options its section sets, then the effective training recipe of `model`
+    and where each value comes from. A model's own section wins over `train:`; its values are marked,
+    with the `train:` value they override (the design card's `-S train.epochs=1` does nothing for a
+    model whose section sets epochs)."""
     cfg, own, shared = train_config(params, model), params[model], params["train"]
     parts = []
     for key in RECIPE_KEYS:
@@ -337,7 +338,8 @@ def describe_recipe(params: dict, model: str) -> str:
             part += f" from {model}:" + (f", overriding train.{key} {_shown(key, shared[key])}"
                                          if own[key] != shared[key] else "")
         parts.append(part)
-    return f"{model}: " + "; ".join(parts)
+    network = ", ".join(f"{key} {value}" for key, value in model_kwargs(params, model).items())
+    return f"{model}{f' ({network})' if network else ''}: " + "; ".join(parts)
 
 
 def model_argument(stage: str) -> str:
