@@ -15,7 +15,6 @@ each block must be what its capture file renders.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -28,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [*sorted((ROOT / "docs" / "tutorial").glob("*.md")), ROOT / "docs" / "python.md"]  # in running order
@@ -114,36 +111,7 @@ def environment(project: Path) -> dict:
             "GIT_COMMITTER_EMAIL": "you@example.com", "OMP_NUM_THREADS": str(min(os.cpu_count() or 1, 4))}
 
 
-def mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of MNIST's train or t10k split, from CNNLAB_DATA_MIRROR."""
-    raw = Path(os.environ["CNNLAB_DATA_MIRROR"]) / "MNIST" / "raw"
-
-    def read(kind: str, offset: int) -> np.ndarray:
-        name = raw / f"{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-        data = name.read_bytes() if name.exists() else gzip.decompress(Path(f"{name}.gz").read_bytes())
-        return np.frombuffer(data, np.uint8, offset=offset)
-    return read("images", 16).reshape(-1, 28, 28), read("labels", 8)
-
-
-def write_pngs(folder: Path, per_class: dict[int, int], split: str = "t10k", flat: bool = False) -> None:
-    """The first images of each asked class as PNGs: in class folders, or (flat) one folder."""
-    images, labels = mnist(split)
-    for label, count in per_class.items():
-        for i, index in enumerate(np.flatnonzero(labels == label)[:count]):
-            target = folder if flat else folder / str(label)
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[index]).save(target / f"{label}_{i}.png")
-
-
-SETUP = {  # what a page assumes the reader has, made before its first block
-    "predict": lambda project: write_pngs(project / "digits", {2: 1, 7: 1, 9: 1}, flat=True),
-    "own-images-run": lambda project: write_pngs(project / "photos", {0: 1700, 1: 1700, 7: 1700}, split="train"),
-}
-
-
 def run_block(project: Path, name: str, body: str, root: Path) -> dict:
-    if name in SETUP:
-        SETUP[name](project)
     python = body.startswith("```python")
     script = "".join(f"printf '%s\\n' {shlex.quote('$ ' + c)}\n{c} 2>&1 || exit $?\n" for c in commands(body))
     started, load = time.perf_counter(), os.getloadavg()[0]
