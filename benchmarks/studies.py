@@ -6,7 +6,9 @@ table is generated from it by tools/docs_tables.py).
     python benchmarks/studies.py [NAME ...]     # default: every study in STUDIES
 
 Studies too long for the machine at hand (the CIFAR-10 ones on a 2-core CPU) keep the entry of their
-last run, with the date and commit it was measured at (studies whose entry has "recorded": true).
+last run, with the date and commit it was measured at (studies whose entry has "recorded": true); one
+measured on an offline copy of its data keeps that command as "measured_command", and its "command" is
+the one a reader runs.
 Run from the project root with the environment active and CNNLAB_DATA_MIRROR set when offline.
 """
 
