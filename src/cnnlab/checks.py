@@ -87,9 +87,16 @@ def optional_text(value):
     return value
 
 
+def weights_source(value):
+    if value is not None and not isinstance(value, str):
+        raise ValueError("a path to a state dict, imagenet or a torchvision weights name (IMAGENET1K_V1), or null")
+    return value
+
+
 _schema(boolean, {"type": "boolean"})
 _schema(text, {"type": "string"})
 _schema(optional_text, {"type": ["string", "null"]})
+_schema(weights_source, {"type": ["string", "null"]})
 
 
 def number_list(low: float, high: float) -> Check:

@@ -96,7 +96,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "precision": checks.choice(*PRECISIONS),
         "compile": checks.boolean,
         "eval_batch_size": checks.integer(1, MAX_BATCH),
-        "weights": checks.optional_text,
+        "weights": checks.weights_source,
         "freeze": checks.boolean,
         "progress": checks.boolean,
         "resume": checks.boolean,
