@@ -138,14 +138,14 @@ def test_samples_writes_each_asked_class_as_pngs_and_names_an_unknown_class(tmp_
     from PIL import Image
     from cnnlab import CnnlabError
     from cnnlab.prepare import save_prepared
-    from cnnlab.samples import write_samples
+    from cnnlab.export_pngs import write_pngs
     images, labels = synthetic_digits(40, seed=3)
     split = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
     info = {"classes": [str(i) for i in range(10)]}
     save_prepared({"train": split, "val": split, "test": split, "info": info}, tmp_path / "prepared")
-    written = write_samples(tmp_path / "digits", "test", ["2", "7"], 2, prepared=tmp_path / "prepared")
+    written = write_pngs(tmp_path / "digits", "test", ["2", "7"], 2, prepared=tmp_path / "prepared")
     assert written == {"2": min(2, int((labels == 2).sum())), "7": min(2, int((labels == 7).sum()))}
     first = images[np.flatnonzero(labels == 7)[0]]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "digits" / "7" / "7_0.png")), first)
     with pytest.raises(CnnlabError, match="--classes cat: not a class"):
-        write_samples(tmp_path / "digits", "test", ["cat"], 1, prepared=tmp_path / "prepared")
+        write_pngs(tmp_path / "digits", "test", ["cat"], 1, prepared=tmp_path / "prepared")

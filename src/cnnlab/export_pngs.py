@@ -1,5 +1,5 @@
 """Prepared images as PNG files, to try `cnnlab.predict` and the folder dataset on:
-`python -m cnnlab.samples FOLDER [--split test] [--classes 2 7 9] [--per-class 1]`.
+`python -m cnnlab.export_pngs FOLDER [--split test] [--classes 2 7 9] [--per-class 1]`.
 
 Writes the first images of each asked class of a split the prepare stage wrote (data/prepared) as
 FOLDER/<class>/<class>_<i>.png, and prints how many each class got.
@@ -17,7 +17,7 @@ from cnnlab.config.paths import PREPARED
 from cnnlab.prepare import SPLITS, load_prepared
 
 
-def write_samples(folder: Path, split: str, classes: list[str], per_class: int,
+def write_pngs(folder: Path, split: str, classes: list[str], per_class: int,
                   prepared: Path = PREPARED) -> dict[str, int]:
     """{class: images written}; each class's first `per_class` images of `split`, or all it has."""
     data = load_prepared(prepared, [split])
@@ -40,7 +40,7 @@ def write_samples(folder: Path, split: str, classes: list[str], per_class: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cnnlab.samples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cnnlab.export_pngs", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="where to write the class folders, e.g. digits")
     parser.add_argument("--split", choices=SPLITS, default="test", help="which prepared split (test)")
     parser.add_argument("--classes", nargs="+", required=True, help="class names, as in data/prepared/info.json")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.per_class < 1:
         raise CnnlabError(f"--per-class must be at least 1; got {args.per_class}")
-    written = write_samples(Path(args.folder), args.split, args.classes, args.per_class)
+    written = write_pngs(Path(args.folder), args.split, args.classes, args.per_class)
     print(f"{args.folder}: " + ", ".join(f"{count} of class {name}" for name, count in written.items())
           + f" (from the prepared {args.split} split)")
 
