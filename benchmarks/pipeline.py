@@ -101,24 +101,36 @@ def exp_run_seconds(setting: str, new_value, changes: int) -> list[float]:
     return seconds
 
 
-# the targets of the user's loop on a quiet 2-core machine (seconds, medians)
-TARGETS = {"dvc repro -f": 60.0, "one-model change": 20.0, "report-only change": 3.0}
+GUARD = 0.05  # no change may make a figure slower than its baseline's by more than this, on one machine
 
 
-def loop_lines(loop: dict, repro_median: float) -> list[str]:
+def medians(runs: list[dict], loop: dict) -> dict[str, float]:
+    """The guarded figures: dvc repro -f's total and each loop change, medians in seconds."""
+    return {"dvc repro -f": statistics.median(r["total"] for r in runs),
+            **{label: statistics.median(seconds) for label, (_, seconds) in loop.items()}}
+
+
+def guard_lines(now: dict[str, float], baseline: dict[str, float], name: str) -> list[str]:
+    """Each figure against the baseline report measured on the same machine, and the guard's verdict."""
+    shared = [k for k in now if k in baseline]
+    slower = [k for k in shared if now[k] > baseline[k] * (1 + GUARD)]
+    return [f"Against `{name}` (the same machine): " + "; ".join(
+                f"{k} {now[k]:.1f} vs {baseline[k]:.1f} s ({now[k] / baseline[k] - 1:+.0%})" for k in shared) + ".",
+            "", f"Guard (none more than {GUARD:.0%} slower): " +
+            ("met." if not slower else f"**not met** ({', '.join(slower)})."), ""]
+
+
+def loop_lines(loop: dict) -> list[str]:
     if not loop:
         return []
     lines = ["The user's loop, `dvc exp run` end to end (median; every run):", ""]
     for label, (command, seconds) in loop.items():
         lines.append(f"- {label}, `{command}`: **{statistics.median(seconds):.1f} s** "
                      f"({', '.join(f'{s:.1f}' for s in seconds)})")
-    medians = {"dvc repro -f": repro_median, **{k: statistics.median(s) for k, (_, s) in loop.items()}}
-    missed = [k for k, limit in TARGETS.items() if k in medians and medians[k] > limit]
-    return lines + ["", "Targets (" + ", ".join(f"{k} <= {v:.0f} s" for k, v in TARGETS.items()) + "): "
-                    + ("met." if not missed else f"not met ({', '.join(missed)})."), ""]
+    return lines + [""]
 
 
-def table(runs: list[dict], loop: dict | None = None) -> str:
+def table(runs: list[dict], loop: dict | None = None, baseline: tuple[str, dict] | None = None) -> str:
     stages = list(runs[0]["stages"])
     median = {s: {c: statistics.median(r["stages"][s][c] for r in runs) for c in COLUMNS} for s in stages}
     lines = ["| stage | " + " | ".join(COLUMNS) + " |", "| --- |" + " ---: |" * len(COLUMNS)]
@@ -136,7 +148,14 @@ def table(runs: list[dict], loop: dict | None = None) -> str:
         "Seconds per stage (medians): wall = from DVC's \"Running stage\" line to the next; startup = process "
         "start to the stage's main (interpreter, imports); load = prepared data and checkpoints; fit = the "
         "training loop; write = outputs and figures; other = the stage's remaining work; dvc = wall minus "
-        "the stage process (DVC's hashing, caching and lock file).", "", *lines, "", *loop_lines(loop or {}, statistics.median(walls))])
+        "the stage process (DVC's hashing, caching and lock file).", "", *lines, "", *loop_lines(loop or {}),
+        *(guard_lines(medians(runs, loop or {}), baseline[1], baseline[0]) if baseline else [])])
+
+
+def read_report(name: str) -> tuple[list[dict], dict]:
+    """A committed report's runs and loop, as `table` takes them."""
+    found = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    return found["runs"], {k: (v["command"], v["seconds"]) for k, v in found["loop"].items()}
 
 
 def main() -> None:
@@ -144,6 +163,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--changes", type=int, default=4, help="runs of each loop change (0: skip the loop)")
     parser.add_argument("--name", default="pipeline", help="results file name under benchmarks/results/")
+    parser.add_argument("--baseline", help="a report under benchmarks/results/ measured on this machine to guard against")
     args = parser.parse_args()
     if args.changes % 2:
         parser.error("--changes must be even: every other run puts params.yaml's value back")
@@ -173,8 +193,9 @@ def main() -> None:
     (out / f"{args.name}.json").write_text(json.dumps(
         {"env": env, "runs": runs, "loop": {k: {"command": c, "seconds": s} for k, (c, s) in loop.items()}},
         indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(header + table(runs, loop))
-    print(header + table(runs, loop))
+    baseline = (args.baseline, medians(*read_report(args.baseline))) if args.baseline else None
+    (out / f"{args.name}.md").write_text(header + table(runs, loop, baseline))
+    print(header + table(runs, loop, baseline))
 
 
 if __name__ == "__main__":

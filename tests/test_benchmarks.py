@@ -123,3 +123,16 @@ def test_install_benchmark_installs_as_the_makefile_does_and_its_report_is_its_j
     found = json.loads((REPO / "benchmarks" / "results" / "install.json").read_text())
     assert (REPO / "benchmarks" / "results" / "install.md").read_text() == install.markdown(found)
     assert {(run["tool"], run["cache"]) for run in found["runs"]} == {(t, c) for t in ("uv", "pip") for c in ("empty", "full")}
+
+
+def test_the_pipeline_guard_compares_each_figure_with_its_baseline():
+    """benchmarks/pipeline.py: a figure more than 5% slower than the baseline's fails the guard; one
+    within 5%, or faster, passes; figures the baseline lacks are not judged."""
+    pipeline = load_script("pipeline")
+    baseline = {"dvc repro -f": 60.0, "report-only change": 2.0}
+    passed = pipeline.guard_lines({"dvc repro -f": 63.0, "report-only change": 1.5, "one-model change": 30.0},
+                                  baseline, "before")
+    assert "dvc repro -f 63.0 vs 60.0 s (+5%)" in passed[0] and "one-model" not in passed[0]
+    assert passed[2] == "Guard (none more than 5% slower): met."
+    failed = pipeline.guard_lines({"dvc repro -f": 63.1, "report-only change": 2.2}, baseline, "before")
+    assert failed[2] == "Guard (none more than 5% slower): **not met** (dvc repro -f, report-only change)."
