@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [*sorted((ROOT / "docs" / "tutorial").glob("*.md")), ROOT / "docs" / "python.md"]  # in running order
 CAPTURES = ROOT / "docs" / "captures"
 BLOCK = re.compile(r"(<!-- capture: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /capture -->)", re.S)
-SMALL = {"prepare": {"train_size": 3000, "test_size": 1000},
+SMALL = {"prepare": {"train_size": 3000},
          "train": {"epochs": 2, "progress": False},
          "analyze": {"tsne_samples": 300, "explain_samples": 8}}
 OUTPUTS = ("dvc.lock", "metrics/", "plots/", "report/", "data/raw", "data/prepared", "models/")
