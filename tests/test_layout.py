@@ -20,7 +20,7 @@ LAYERS = [
     ("cnnlab.engine", "cnnlab.augment", "cnnlab.prepare", "cnnlab.figures", "cnnlab.results"),
     ("cnnlab.train", "cnnlab.explain"),
     ("cnnlab.analyses", "cnnlab.evaluate"),
-    ("cnnlab.analyze", "cnnlab.report", "cnnlab.predict"),                     # what the stage scripts call
+    ("cnnlab.analyze", "cnnlab.report", "cnnlab.predict", "cnnlab.export_pngs"),  # what stages and users call
 ]
 
 
