@@ -12,9 +12,9 @@ from cnnlab.report import collect, collect_analysis, comparison, figure_data, ma
 def main():
     loaded = params.for_stage("report")
     models = loaded["models"]
-    summary, histories, per_class = collect(models)
+    summary, histories, watched, per_class = collect(models)
     analysis = collect_analysis(models)
-    compared = comparison(summary, histories, analysis)
+    compared = comparison(summary, histories, watched, analysis)
     target, dpi = paths.outputs("report"), loaded["report"]["dpi"]
     with stage.outputs() as out:
         out.csv(target.summary, summary.to_dict("records"))
@@ -46,7 +46,7 @@ def main():
         for name, data in drawing.items():
             out.figure_of(target.report_figures / f"{name}.png", comparison_figure, data, dpi=dpi,
                           inside=report_figures / f"{name}.png")
-        out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, analysis,
+        out.text(target.markdown, markdown(loaded["report"]["title"], summary, per_class, watched, analysis,
                                            read_data_summary()))
     print("report: " + ", ".join(f"{r.model} {r.test_accuracy:.4f}" for r in summary.itertuples()))
 

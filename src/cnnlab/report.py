@@ -35,9 +35,10 @@ def _read_json(path: Path) -> dict:
         raise CnnlabError(f"{path}: missing; run the train and evaluate stages first (dvc repro)") from None
 
 
-def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, dict, dict]:
-    """(summary table, history per model, per-class table per model) from the stage outputs."""
-    rows, histories, per_class = [], {}, {}
+def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, dict, dict, dict]:
+    """(summary table, history per model, watched curves per model, per-class table per model) from
+    the stage outputs."""
+    rows, histories, watched, per_class = [], {}, {}, {}
     for name in models:
         trained_out, tested_out = paths.outputs("train", name, root), paths.outputs("evaluate", name, root)
         trained, tested = _read_json(trained_out.metrics), _read_json(tested_out.metrics)
@@ -50,8 +51,9 @@ def collect(models: list[str], root: Path = Path(".")) -> tuple[pd.DataFrame, di
             "threads": trained["env"]["threads"], "torch": trained["env"]["torch"], "seed": trained["env"]["seed"],
         })
         histories[name] = pd.read_csv(trained_out.history)
+        watched[name] = pd.read_csv(trained_out.watch / "curves.csv")
         per_class[name] = pd.read_csv(tested_out.per_class)
-    return pd.DataFrame(rows), histories, per_class
+    return pd.DataFrame(rows), histories, watched, per_class
 
 
 def collect_analysis(models: list[str], root: Path = Path(".")) -> dict:
@@ -93,7 +95,7 @@ def _rows(frame: pd.DataFrame, model: str, columns: list[str]) -> list[dict]:
     return [{"model": model, **row} for row in frame[columns].to_dict("records")]
 
 
-def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Path = Path(".")) -> dict:
+def comparison(summary: pd.DataFrame, histories: dict, watched: dict, analysis: dict, root: Path = Path(".")) -> dict:
     """What `dvc metrics`, `dvc exp show` and `dvc plots` show: every model of the summary, and only
     those, in a few files with a `model` column (one chart line, one confusion panel per model).
 
@@ -109,10 +111,9 @@ def comparison(summary: pd.DataFrame, histories: dict, analysis: dict, root: Pat
         name, analyzed = row.model, analysis[row.model]
         epochs += _rows(histories[name], name, ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"])
         steps += _rows(pd.read_csv(paths.outputs("train", name, root).steps), name, ["step", "loss", "accuracy"])
-        watched = paths.outputs("train", name, root).watch
-        curves = pd.read_csv(watched / "curves.csv")
-        watch_curves += _rows(curves, name, list(curves.columns))
-        watch.update({f"{name}_{kind.name}": kind for kind in sorted(watched.iterdir()) if kind.is_dir()})
+        watch_curves += _rows(watched[name], name, list(watched[name].columns))
+        pictures = paths.outputs("train", name, root).watch
+        watch.update({f"{name}_{kind.name}": kind for kind in sorted(pictures.iterdir()) if kind.is_dir()})
         for table_name, plot in analyzed["metrics"].get("plots", {}).items():
             series = plot.get("series")  # one line per model, or per model and series (e.g. method)
             tables.setdefault(table_name, []).extend(
@@ -184,13 +185,12 @@ def section_lines(name: str, section: dict, analyzed: dict, root: Path, rows: in
     return lines
 
 
-def learning_markdown(models: list[str], root: Path = Path(".")) -> list[str]:
+def learning_markdown(watched: dict, root: Path = Path(".")) -> list[str]:
     """Each model as it learned: its pictures before training, after the first epoch and after the last
-    (train.watch), and how its two watched curves moved."""
+    (train.watch), and how its two watched curves (`watched`, per model) moved."""
     lines = []
-    for name in models:
-        watched = paths.outputs("train", name, root).watch
-        curves = pd.read_csv(watched / "curves.csv")
+    for name, curves in watched.items():
+        pictures = paths.outputs("train", name, root).watch
         if curves.empty:
             continue
         first, last = curves.iloc[0], curves.iloc[-1]
@@ -198,7 +198,7 @@ def learning_markdown(models: list[str], root: Path = Path(".")) -> list[str]:
                  f"{int(last['epoch'])}" for column in curves.columns if column != "epoch"]
         lines += [f"### {name}", "", "; ".join(moved).capitalize() + " (docs/watch.md says what they mean).", ""]
         shown = sorted({0, min(1, int(last["epoch"])), int(last["epoch"])})
-        for kind in sorted(p for p in watched.iterdir() if p.is_dir()):
+        for kind in sorted(p for p in pictures.iterdir() if p.is_dir()):
             lines += [f"{kind.name.replace('_', ' ')}, at steps {', '.join(map(str, shown))}:", "",
                       " ".join(f"![{name} {kind.name} at step {step}]({_link(kind / f'{step}.png', root)})"
                                for step in shown), ""]
@@ -265,7 +265,7 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     return shown.rename(columns=SUMMARY_COLUMNS)
 
 
-def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict | None = None,
+def markdown(title: str, summary: pd.DataFrame, per_class: dict, watched: dict, analysis: dict | None = None,
              data: dict | None = None, root: Path = Path(".")) -> str:
     first = summary.iloc[0]
     lines = [
@@ -280,7 +280,7 @@ def markdown(title: str, summary: pd.DataFrame, per_class: dict, analysis: dict 
     ]
     for name in summary["model"]:
         lines += [f"### {name}", "", f"![{name} confusion matrix]({_link(paths.outputs('evaluate', name, root).confusion_figure, root)})", ""]
-    lines += learning_markdown(list(summary["model"]), root)
+    lines += learning_markdown(watched, root)
     lines += ["## Per-class recall (test set)", ""]
     recall = pd.DataFrame({name: table.set_index("class")["recall"].map(lambda v: f"{v:.2%}")
                            for name, table in per_class.items()})
