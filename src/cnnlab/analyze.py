@@ -35,7 +35,8 @@ def check_explanations_fit(name: str, model, image_shape: tuple[int, int, int], 
                            device) -> None:
     """Refuse up front, in one line naming analyze.explain_samples, explanations whose estimated peak
     (explain.peak_bytes) does not fit in free memory or under the process's address-space limit."""
-    methods = len(explain.methods(models.spec(name).path(models.spec(name).attribution_layer), options["seed"]))
+    spec = models.spec(name)
+    methods = len(explain.methods(spec.path(spec.attribution_layer), options["seed"]))
     needed = explain.peak_bytes(model, image_shape, images, methods)
     what = (f"params.yaml: analyze.explain_samples {options['explain_samples']} (scoring {methods} attribution methods "
             f"on {images:,} test images of {'x'.join(map(str, image_shape))} with {name})")
