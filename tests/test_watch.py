@@ -94,3 +94,11 @@ def test_the_fixed_images_do_not_depend_on_the_model():
     a, b = Watch("lenet", val, 10, "integrated_gradients", 0), Watch("mlp", val, 10, "integrated_gradients", 0)
     assert torch.equal(a.per_class, b.per_class) and torch.equal(a.deletion, b.deletion)
     assert np.array_equal(val.labels[a.per_class].numpy(), np.arange(10))
+
+
+def test_the_methods_params_accept_are_explains_own():
+    """params.yaml's train.watch_method list (config sits below explain, so it cannot ask) is every
+    attribution method explain builds, the random baseline aside."""
+    from cnnlab import explain
+    from cnnlab.config.params import WATCH_METHODS
+    assert set(WATCH_METHODS) == set(explain.methods("some.layer", 0)) - {"random"}
