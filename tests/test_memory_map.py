@@ -1,6 +1,7 @@
 """Prepared splits on disk as .npy memory maps, written a chunk at a time, read by index; memory checks
 that read the process's cgroup limit (fake /proc and /sys trees)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from cnnlab import CnnlabError, prepare as prep, runtime
 from cnnlab.engine.batches import DeviceBudget, DeviceSplit
+from cnnlab.train import readahead
 
 OPTIONS = {"train_size": None, "test_size": None, "samples_per_class": None, "val_fraction": 0.2,
            "val_size": None, "test_fraction": 0.2, "class_fraction": {}, "seed": 3}
@@ -144,6 +146,35 @@ def test_device_split_batches_from_a_map_equal_batches_from_memory(tmp_path, bud
         assert len(one) == len(other) > 1
         for (x, y), (u, v) in zip(one, other):
             assert torch.equal(x, u) and torch.equal(y, v)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
+def test_readahead_asks_for_this_batch_and_the_next_and_changes_no_batch(tmp_path, monkeypatch):
+    images = torch.randint(0, 256, (40, 3, 64, 64), dtype=torch.uint8)  # 12 KiB rows: read ahead
+    labels = torch.arange(40) % 4
+    file = tmp_path / "train_images.npy"
+    np.save(file, images.numpy())
+    ahead = readahead.for_split(file)
+    advised, fadvise = [], os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice:
+                        advised.append((offset, length, advice)) or fadvise(fd, offset, length, advice))
+    mapped = torch.from_numpy(np.load(file, mmap_mode="c"))
+    plain, read_ahead = (DeviceSplit(mapped, labels, [0.5] * 3, [0.25] * 3, torch.device("cpu"), readahead=r)
+                         for r in (None, ahead))
+    one, other = (list(split.batches(16, torch.Generator().manual_seed(2))) for split in (plain, read_ahead))
+    for (x, y), (u, v) in zip(one, other, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(2)).tolist()
+    rows = [row for start in range(0, 40, 16) for row in order[start:start + 32]]
+    assert advised == [(ahead.offset + row * 12288, 12288, os.POSIX_FADV_WILLNEED) for row in rows]
+    with open(file, "rb") as f:  # the advised bytes are the rows themselves, past the .npy header
+        f.seek(ahead.offset + rows[0] * 12288)
+        assert f.read(12288) == images[rows[0]].numpy().tobytes()
+
+
+def test_no_readahead_for_rows_under_a_page(tmp_path):
+    np.save(tmp_path / "digits.npy", np.zeros((10, 1, 28, 28), np.uint8))  # MNIST: the kernel's own readahead
+    assert readahead.for_split(tmp_path / "digits.npy") is None
 
 
 def batch_options(case: str) -> dict:

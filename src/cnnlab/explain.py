@@ -246,7 +246,7 @@ def peak_bytes(model: nn.Module, image_shape: tuple[int, int, int], images: int,
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean Spearman correlation between matching maps (a map with no variation counts as 0)."""
-    from scipy.stats import spearmanr  # here, not at the top: the train stage's watch never ranks (0.5 s of start-up)
+    from scipy.stats import spearmanr  # here, not at the top: the train stage's watch never ranks, and scipy.stats is slow to import
     values = []
     for one, other in zip(a.flatten(1).numpy(), b.flatten(1).numpy()):
         rho = spearmanr(one, other).statistic if one.std() > 0 and other.std() > 0 else 0.0

@@ -6,7 +6,8 @@ A split larger than the device's budget (`data.max_device_bytes`, or half the fr
 where it is in host memory (a memory map of data/prepared: the page cache holds what is read), and
 each batch is gathered there, staged in pinned memory on CUDA and copied to the device: the same
 batches in the same order, so the same results, for one transfer per step. On a CPU the split is
-never copied: batches are gathered from the map.
+never copied: batches are gathered from the map, and a `readahead` asks the disk for the next
+batch's rows while this one trains (a split bigger than memory is read from disk every epoch).
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ class DeviceSplit:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 budget: DeviceBudget | None = None):
+                 budget: DeviceBudget | None = None, readahead: Callable[[torch.Tensor], None] | None = None):
         if images.dtype != torch.uint8:
             raise TypeError("images must be uint8")
         self.device = device
         self.on_device = budget is None or budget.take(images)
         # on a CPU, or off the device, the images stay as they are (a memory map): batches are gathered from them
         self.images = images.to(device) if self.on_device else images.cpu()
+        self.readahead = readahead if self.images.device.type == "cpu" else None  # host rows: a memory map
         self.labels = labels.to(device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -99,6 +101,8 @@ class DeviceSplit:
             # a rank may get an empty part of a short last batch: it still steps, as DDP needs
             images, labels = (part[start:start + batch_size].tensor_split(ranks)[rank]
                               for part in (image_index, label_index))
+            if self.readahead is not None:  # this batch and the next: the disk reads them while this one trains
+                self.readahead(image_index[start:start + 2 * batch_size])
             gathered = self.images.index_select(0, images)  # not images[part]: advanced indexing is much slower on CPU
             yield self.normalise(self.staged(gathered), augment), self.labels.index_select(0, labels)
 

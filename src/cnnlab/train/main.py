@@ -16,9 +16,9 @@ from cnnlab.engine.batches import DeviceBudget, DeviceSplit
 from cnnlab.engine.checkpoints import checkpoint, count_parameters
 from cnnlab.engine.inference import autocast_dtype, memory_format_for
 from cnnlab.results import Result
-from cnnlab.prepare import load_prepared
+from cnnlab.prepare import load_prepared, split_files
 from cnnlab.runtime import environment, pick_device, seed_everything
-from cnnlab.train import parallel
+from cnnlab.train import parallel, readahead
 from cnnlab.train.build import build_model
 from cnnlab.train.loop import fit
 from cnnlab.train.resume import Resume, fingerprint
@@ -48,8 +48,9 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     model, info = build_model(name, options, cfg, data["info"], device, parallel.world_size())
     memory_format = memory_format_for(model, cfg["memory_format"])
     budget = DeviceBudget(device, params["data"]["max_device_bytes"])
-    train, val = (DeviceSplit(*data[split], info["mean"], info["std"], device, memory_format, budget)
-                  for split in ("train", "val"))
+    train = DeviceSplit(*data["train"], info["mean"], info["std"], device, memory_format, budget,
+                        readahead.for_split(split_files(prepared_dir, "train")[0]))  # shuffled: read ahead
+    val = DeviceSplit(*data["val"], info["mean"], info["std"], device, memory_format, budget)
     init_from_data = models.spec(name).init_from_data
     if init_from_data is not None and not cfg["weights"]:  # e.g. airbench's whitening, from 5,000 images
         init_from_data(model, train.normalise(train.images[:5000]))
