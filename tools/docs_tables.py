@@ -268,6 +268,16 @@ def cifar_by_cpu() -> str:
                            "90% in 20 min", "benchmarks/results/"], rows)
 
 
+def gather() -> str:
+    """Images/s of the training data path per case (benchmarks/results/gather.json)."""
+    found = _read_json(ROOT / "benchmarks" / "results" / "gather.json")
+    rows = [[case, f"{v['median_images_per_second']:,}", f"{v['best_images_per_second']:,}"]
+            for case, v in found["cases"].items()]
+    return (f"Measured on {found['cpu']} ({found['threads']} threads), batch {found['batch_size']}, "
+            f"{found['rounds']} rounds; cold: {found['cold_by']}.\n\n"
+            + markdown_table(["case", "images/s, median", "best"], rows))
+
+
 def cifar() -> str:
     """The CIFAR-10 recipe's claim, from its shipped run (benchmarks/results/cifar.json)."""
     found = _read_json(ROOT / "benchmarks" / "results" / "cifar.json")
@@ -294,7 +304,7 @@ def cuda() -> str:
             f"{pins['cuda-toolkit']}) and cuDNN {pins['nvidia-cudnn-cu13'].split('.')[0]} on Linux.\n")
 
 
-TABLES = {"results": results, "models": model_zoo, "cuda": cuda, "pipeline-time": pipeline_time, "speedrun": speedrun, "cifar-by-cpu": cifar_by_cpu, "cifar": cifar, "epochs-of-their-own": epochs_of_their_own,
+TABLES = {"results": results, "models": model_zoo, "cuda": cuda, "pipeline-time": pipeline_time, "speedrun": speedrun, "cifar-by-cpu": cifar_by_cpu, "cifar": cifar, "gather": gather, "epochs-of-their-own": epochs_of_their_own,
           "embeddings": embeddings, "explanations": explanations, "studies": studies,
           "params": params_reference}
 
