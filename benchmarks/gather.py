@@ -83,7 +83,9 @@ def main() -> None:
     measure(True, False)  # warm the page cache and the code
     with tempfile.TemporaryDirectory(dir=REPO) as scratch:  # on the disk data/prepared is on
         file = Path(scratch) / "large_images.npy"
-        np.save(file, np.random.default_rng(0).integers(0, 256, LARGE, dtype=np.uint8))
+        with open(file, "wb") as out:
+            np.save(out, np.random.default_rng(0).integers(0, 256, LARGE, dtype=np.uint8))
+            os.fsync(out.fileno())  # on disk, so that dropping its pages leaves them cold
         for _ in range(ROUNDS):  # interleaved: the machine's speed drifts
             for name, mapped, cold in cases:
                 rate, how = measure(mapped, cold)

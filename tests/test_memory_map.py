@@ -154,6 +154,7 @@ def test_readahead_asks_for_this_batch_and_the_next_and_changes_no_batch(tmp_pat
     labels = torch.arange(40) % 4
     file = tmp_path / "train_images.npy"
     np.save(file, images.numpy())
+    monkeypatch.setattr(readahead, "PAGE", 4096)  # whatever this machine's page size
     ahead = readahead.for_split(file)
     advised, fadvise = [], os.posix_fadvise
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice:
@@ -170,6 +171,11 @@ def test_readahead_asks_for_this_batch_and_the_next_and_changes_no_batch(tmp_pat
     with open(file, "rb") as f:  # the advised bytes are the rows themselves, past the .npy header
         f.seek(ahead.offset + rows[0] * 12288)
         assert f.read(12288) == images[rows[0]].numpy().tobytes()
+    advised.clear()  # a data-parallel rank asks only for its own part of each batch
+    list(read_ahead.batches(16, torch.Generator().manual_seed(2), shard=(1, 2)))
+    mine = [torch.tensor(order[s:s + 16]).tensor_split(2)[1].tolist() for s in range(0, 40, 16)]  # rank 1's half
+    assert advised == [(ahead.offset + row * 12288, 12288, os.POSIX_FADV_WILLNEED)
+                       for i in range(3) for row in mine[i] + (mine[i + 1] if i < 2 else [])]
 
 
 def test_no_readahead_for_rows_under_a_page(tmp_path):

@@ -256,6 +256,23 @@ def test_splits_over_the_device_budget_stay_in_host_memory_with_the_same_results
         assert test["accuracy"] == runs[None][4]["accuracy"] and test["loss"] == runs[None][4]["loss"]
 
 
+def test_train_model_reads_ahead_in_the_train_split_only_with_the_same_result(tmp_path, monkeypatch):
+    from conftest import base_params
+    from cnnlab.train import readahead
+    params = base_params()
+    params["lenet"] = {**params["lenet"], "epochs": 1, "batch_size": 16, "progress": False, "watch": False}
+    prepared = prepared_dir(tmp_path, 3)
+    (tmp_path / "plain").mkdir(), (tmp_path / "ahead").mkdir()
+    plain, _, _, _ = train_outputs(train_model("lenet", params, prepared), tmp_path / "plain")
+    asked = []
+    monkeypatch.setattr(readahead, "PAGE", 1024)  # the 3 KiB rows of these 32x32 colour images qualify
+    monkeypatch.setattr(readahead.Readahead, "__call__", lambda self, rows: asked.append((self.npy_file.name, rows)))
+    ahead, _, _, _ = train_outputs(train_model("lenet", params, prepared), tmp_path / "ahead")
+    assert {name for name, _ in asked} == {"train_images.npy"}  # validation goes in order: no readahead
+    assert sorted(torch.cat([rows for _, rows in asked]).unique().tolist()) == list(range(45))
+    assert all(torch.equal(plain["state_dict"][k], ahead["state_dict"][k]) for k in plain["state_dict"])
+
+
 def test_freeze_and_embeddings_take_the_declared_head_not_the_last_layer_with_parameters(tmp_path, monkeypatch):
     """A model that ends in a norm layer: structural guessing would take the BatchNorm as the head;
     the spec declares the Linear before it, and freeze and the embeddings follow the declaration."""

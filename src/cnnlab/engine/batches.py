@@ -6,8 +6,9 @@ A split larger than the device's budget (`data.max_device_bytes`, or half the fr
 where it is in host memory (a memory map of data/prepared: the page cache holds what is read), and
 each batch is gathered there, staged in pinned memory on CUDA and copied to the device: the same
 batches in the same order, so the same results, for one transfer per step. On a CPU the split is
-never copied: batches are gathered from the map, and a `readahead` asks the disk for the next
-batch's rows while this one trains (a split bigger than memory is read from disk every epoch).
+never copied: batches are gathered from the map. Wherever a split stays in host memory, a
+`readahead` may ask the disk for the next batch's rows while this one trains (a split bigger than
+memory is read from disk every epoch).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ class DeviceSplit:
             # a rank may get an empty part of a short last batch: it still steps, as DDP needs
             images, labels = (part[start:start + batch_size].tensor_split(ranks)[rank]
                               for part in (image_index, label_index))
-            if self.readahead is not None:  # this batch and the next: the disk reads them while this one trains
-                self.readahead(image_index[start:start + 2 * batch_size])
+            if self.readahead is not None:  # this rank's rows of the next batch are read while this one trains
+                upcoming = image_index[start + batch_size:start + 2 * batch_size].tensor_split(ranks)[rank]
+                self.readahead(torch.cat([images, upcoming]))  # (and this batch's: the first was never asked)
             gathered = self.images.index_select(0, images)  # not images[part]: advanced indexing is much slower on CPU
             yield self.normalise(self.staged(gathered), augment), self.labels.index_select(0, labels)
 

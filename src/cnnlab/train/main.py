@@ -49,7 +49,7 @@ def train_model(name: str, params: dict, prepared_dir: Path, on_epoch=None, resu
     memory_format = memory_format_for(model, cfg["memory_format"])
     budget = DeviceBudget(device, params["data"]["max_device_bytes"])
     train = DeviceSplit(*data["train"], info["mean"], info["std"], device, memory_format, budget,
-                        readahead.for_split(split_files(prepared_dir, "train")[0]))  # shuffled: read ahead
+                        readahead.for_split(split_files(prepared_dir, "train")[0]))  # shuffled rows: ask ahead
     val = DeviceSplit(*data["val"], info["mean"], info["std"], device, memory_format, budget)
     init_from_data = models.spec(name).init_from_data
     if init_from_data is not None and not cfg["weights"]:  # e.g. airbench's whitening, from 5,000 images

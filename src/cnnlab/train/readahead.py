@@ -1,17 +1,18 @@
 """Reading ahead in a memory-mapped split: the kernel is told which rows of the .npy file the next
-batches will gather (posix_fadvise WILLNEED), so that the disk reads them all at once while a batch
+batch will gather (posix_fadvise WILLNEED), so that the disk reads them all at once while a batch
 trains, instead of one page fault at a time. It matters when the split is bigger than memory and
-every epoch reads it from disk again (docs/performance.md: the images/s with and without)."""
+every epoch reads it from disk again (docs/performance.md)."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-PAGE = 4096  # rows smaller than this come in with their neighbours: the kernel reads whole pages ahead
+PAGE = mmap.PAGESIZE  # a smaller row is read whole by the one page fault that first touches it
 
 
 class Readahead:
@@ -21,7 +22,10 @@ class Readahead:
         self.npy_file, self.offset, self.row_bytes = npy_file, offset, row_bytes
 
     def __call__(self, rows: torch.Tensor) -> None:
-        fd = os.open(self.npy_file, os.O_RDONLY)
+        try:
+            fd = os.open(self.npy_file, os.O_RDONLY)
+        except OSError:
+            return  # advice only: the memory map reads on without it (the file was replaced, say)
         try:
             for row in rows.tolist():
                 os.posix_fadvise(fd, self.offset + row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
