@@ -14,6 +14,11 @@ go to benchmarks/results/<name>.md, every number to <name>.json, with each model
 The loop's changes alternate between a new value and the one in params.yaml (`lenet.lr` 0.02 and
 back; `report.title` x and back), so every run is a real one-setting change and params.yaml ends as it
 began; the experiments it makes are named bench-loop-* and removed afterwards.
+
+The guard: `--against DIR --baseline NAME` also measures DIR, a checkout of an earlier commit (a git
+worktree, its data built), taking turns with this one run by run, since a shared machine's speed
+drifts over an hour; DIR's figures go to <NAME>.md and each of this checkout's is compared with its
+own. `--baseline NAME` alone compares with a committed report instead.
 """
 
 from __future__ import annotations
@@ -34,11 +39,16 @@ STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 COLUMNS = ("wall", "startup", "load", "fit", "write", "other", "dvc")
 
 
-def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
-    """One `dvc repro -f`; (total seconds, [(stage, seconds from its start line to the next)])."""
-    env = {**os.environ, "CNNLAB_TIMINGS": str(timings), "PYTHONUNBUFFERED": "1"}
+def checkout_env(root: Path) -> dict:
+    """The environment a checkout's stages run in: its own code first (a worktree shares the venv)."""
+    return {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONUNBUFFERED": "1"}
+
+
+def run_pipeline(root: Path, timings: Path) -> tuple[float, list[tuple[str, float]]]:
+    """One `dvc repro -f` in `root`; (total seconds, [(stage, seconds from its start line to the next)])."""
+    env = {**checkout_env(root), "CNNLAB_TIMINGS": str(timings)}
     from cnnlab.config import paths
-    report = paths.outputs("report", root=ROOT)
+    report = paths.outputs("report", root=root)
     # the report keeps a figure whose data is unchanged: a forced run draws it, as a first build does
     # (put back should the run fail: DVC leaves the report's outputs to the report stage)
     kept = {figure: figure.read_bytes() for figure in (report.curves, *report.report_figures.glob("*.png"))
@@ -47,7 +57,7 @@ def run_pipeline(timings: Path) -> tuple[float, list[tuple[str, float]]]:
         figure.unlink()
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
-    with subprocess.Popen(["dvc", "repro", "-f"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    with subprocess.Popen(["dvc", "repro", "-f"], cwd=root, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         log = []
         for line in proc.stdout:
@@ -72,32 +82,47 @@ def split_stage(wall: float, record: dict) -> dict:
             "dvc": wall - startup - main}
 
 
-def accuracies() -> dict:
+def accuracies(root: Path) -> dict:
     return {path.stem: json.loads(path.read_text())["accuracy"]
-            for path in sorted((ROOT / "metrics" / "test").glob("*.json"))}
+            for path in sorted((root / "metrics" / "test").glob("*.json"))}
 
 
-def exp_run_seconds(setting: str, new_value, changes: int) -> list[float]:
-    """Seconds of each `dvc exp run -S setting=...`, alternating `new_value` and the current value
-    (an even number of runs: the last one puts the current value back)."""
+def one_run(root: Path, index: int) -> dict:
+    """`dvc repro -f` in `root`, split per stage, with the test accuracy it gave."""
+    with tempfile.TemporaryDirectory() as scratch:
+        timings = Path(scratch) / "timings.jsonl"
+        total, walls = run_pipeline(root, timings)
+        records = {r["stage"]: r for r in map(json.loads, timings.read_text().splitlines())}
+    stages = {stage: split_stage(wall, records[stage]) for stage, wall in walls}
+    print(f"{root.name} run {index + 1}: {total:.1f} s; " +
+          ", ".join(f"{s} {v['wall']:.1f}" for s, v in stages.items()), flush=True)
+    return {"total": total, "stages": stages, "test_accuracy": accuracies(root)}
+
+
+def exp_run_seconds(roots: list[Path], setting: str, new_value, changes: int) -> list[list[float]]:
+    """Seconds of each `dvc exp run -S setting=...` in each checkout, taking turns, alternating
+    `new_value` and the current value (an even number of runs: the last puts the current value back)."""
     import yaml
     section, key = setting.split(".")
-    original = (ROOT / "params.yaml").read_text()  # `-S` rewrites the file (null as an empty value)
-    current = yaml.safe_load(original)[section][key]
-    names, seconds = [], []
+    originals = {root: (root / "params.yaml").read_text() for root in roots}  # `-S` rewrites the file
+    names = {root: [] for root in roots}
+    seconds = [[] for _ in roots]
     try:
         for i in range(changes):
-            value = new_value if i % 2 == 0 else current
-            names.append(f"bench-loop-{os.getpid()}-{section}-{i}")
-            start = time.perf_counter()
-            run = subprocess.run(["dvc", "exp", "run", "--name", names[-1], "-S", f"{setting}={value}"], cwd=ROOT,
-                                 capture_output=True, text=True)
-            seconds.append(time.perf_counter() - start)
-            if run.returncode != 0:
-                sys.exit(f"dvc exp run -S {setting}={value} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+            for root, times in zip(roots, seconds):
+                current = yaml.safe_load(originals[root])[section][key]
+                value = new_value if i % 2 == 0 else current
+                names[root].append(f"bench-loop-{os.getpid()}-{section}-{i}")
+                start = time.perf_counter()
+                run = subprocess.run(["dvc", "exp", "run", "--name", names[root][-1], "-S", f"{setting}={value}"],
+                                     cwd=root, env=checkout_env(root), capture_output=True, text=True)
+                times.append(time.perf_counter() - start)
+                if run.returncode != 0:
+                    sys.exit(f"{root}: dvc exp run -S {setting}={value} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     finally:
-        subprocess.run(["dvc", "exp", "remove", *names], cwd=ROOT, capture_output=True)
-        (ROOT / "params.yaml").write_text(original)  # the values it began with, as they were written
+        for root in roots:
+            subprocess.run(["dvc", "exp", "remove", *names[root]], cwd=root, capture_output=True)
+            (root / "params.yaml").write_text(originals[root])  # the values it began with, as they were written
     return seconds
 
 
@@ -158,44 +183,64 @@ def read_report(name: str) -> tuple[list[dict], dict]:
     return found["runs"], {k: (v["command"], v["seconds"]) for k, v in found["loop"].items()}
 
 
+LOOP = {"one-model change": ("lenet.lr", 0.02), "report-only change": ("report.title", "x")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--changes", type=int, default=4, help="runs of each loop change (0: skip the loop)")
     parser.add_argument("--name", default="pipeline", help="results file name under benchmarks/results/")
-    parser.add_argument("--baseline", help="a report under benchmarks/results/ measured on this machine to guard against")
+    parser.add_argument("--baseline", help="the report to guard against: measured now in --against's checkout, "
+                                           "or a committed one under benchmarks/results/ measured on this machine")
+    parser.add_argument("--against", type=Path, help="a checkout of the baseline's commit, measured in turns with this one")
     args = parser.parse_args()
     if args.changes % 2:
         parser.error("--changes must be even: every other run puts params.yaml's value back")
-    runs = []
+    if args.against and not args.baseline:
+        parser.error("--against needs --baseline NAME: the file its figures are written to")
+    roots = [ROOT] + ([args.against.resolve()] if args.against else [])
+    runs = {root: [] for root in roots}
     for i in range(args.runs):
-        with tempfile.TemporaryDirectory() as scratch:
-            timings = Path(scratch) / "timings.jsonl"
-            total, walls = run_pipeline(timings)
-            records = {r["stage"]: r for r in map(json.loads, timings.read_text().splitlines())}
-        stages = {stage: split_stage(wall, records[stage]) for stage, wall in walls}
-        runs.append({"total": total, "stages": stages, "test_accuracy": accuracies()})
-        print(f"run {i + 1}: {total:.1f} s; " + ", ".join(f"{s} {v['wall']:.1f}" for s, v in stages.items()),
-              flush=True)
-    loop = {}
-    if args.changes:
-        loop["one-model change"] = ("dvc exp run -S lenet.lr=0.02", exp_run_seconds("lenet.lr", 0.02, args.changes))
-        loop["report-only change"] = ("dvc exp run -S report.title=x", exp_run_seconds("report.title", "x", args.changes))
-        print("loop: " + "; ".join(f"{k} {statistics.median(v[1]):.1f} s" for k, v in loop.items()), flush=True)
+        for root in roots:  # in turns: the machine's speed drifts
+            runs[root].append(one_run(root, i))
+    loops = {root: {} for root in roots}
+    for label, (setting, value) in LOOP.items():
+        if args.changes:
+            for root, seconds in zip(roots, exp_run_seconds(roots, setting, value, args.changes)):
+                loops[root][label] = (f"dvc exp run -S {setting}={value}", seconds)
     from cnnlab.runtime import device_name, environment
     import torch
     env = environment(torch.device("cpu"), 0)
     import datetime
+    command = "python benchmarks/pipeline.py " + " ".join(sys.argv[1:])
     header = (f"# Pipeline time, {device_name(torch.device('cpu'))}, {env['threads']} threads, "
-              f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `python benchmarks/pipeline.py`.\n\n")
+              f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `{command}`")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(
+    if args.against:
+        write_report(out, args.baseline, env, runs[roots[1]], loops[roots[1]],
+                     header + f", at commit {commit(roots[1])} (a second checkout), in turns with {commit(ROOT)}.\n\n")
+        baseline = (args.baseline, medians(runs[roots[1]], loops[roots[1]]))
+    else:
+        baseline = (args.baseline, medians(*read_report(args.baseline))) if args.baseline else None
+    print(write_report(out, args.name, env, runs[ROOT], loops[ROOT], header + f", at commit {commit(ROOT)}.\n\n",
+                       baseline))
+
+
+def commit(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def write_report(out: Path, name: str, env: dict, runs: list[dict], loop: dict, header: str,
+                 baseline: tuple[str, dict] | None = None) -> str:
+    """<name>.json (every number) and <name>.md (the tables); the markdown."""
+    (out / f"{name}.json").write_text(json.dumps(
         {"env": env, "runs": runs, "loop": {k: {"command": c, "seconds": s} for k, (c, s) in loop.items()}},
         indent=2) + "\n")
-    baseline = (args.baseline, medians(*read_report(args.baseline))) if args.baseline else None
-    (out / f"{args.name}.md").write_text(header + table(runs, loop, baseline))
-    print(header + table(runs, loop, baseline))
+    text = header + table(runs, loop, baseline)
+    (out / f"{name}.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
