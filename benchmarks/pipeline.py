@@ -213,7 +213,8 @@ def main() -> None:
     import torch
     env = environment(torch.device("cpu"), 0)
     import datetime
-    command = "python benchmarks/pipeline.py " + " ".join(sys.argv[1:])
+    given = [os.path.relpath(a, ROOT) if args.against and a == str(args.against) else a for a in sys.argv[1:]]
+    command = "python benchmarks/pipeline.py " + " ".join(given)  # --against as a path beside this checkout
     header = (f"# Pipeline time, {device_name(torch.device('cpu'))}, {env['threads']} threads, "
               f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `{command}`")
     out = ROOT / "benchmarks" / "results"
