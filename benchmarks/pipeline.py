@@ -47,12 +47,9 @@ def checkout_env(root: Path) -> dict:
 def run_pipeline(root: Path, timings: Path) -> tuple[float, list[tuple[str, float]]]:
     """One `dvc repro -f` in `root`; (total seconds, [(stage, seconds from its start line to the next)])."""
     env = {**checkout_env(root), "CNNLAB_TIMINGS": str(timings)}
-    from cnnlab.config import paths
-    report = paths.outputs("report", root=root)
     # the report keeps a figure whose data is unchanged: a forced run draws it, as a first build does
-    # (put back should the run fail: DVC leaves the report's outputs to the report stage)
-    kept = {figure: figure.read_bytes() for figure in (report.curves, *report.report_figures.glob("*.png"))
-            if figure.exists()}
+    # (every report/ PNG, whichever commit's report this is; put back should the run fail)
+    kept = {figure: figure.read_bytes() for figure in (root / "report").rglob("*.png")}
     for figure in kept:
         figure.unlink()
     start = time.perf_counter()
@@ -99,31 +96,33 @@ def one_run(root: Path, index: int) -> dict:
     return {"total": total, "stages": stages, "test_accuracy": accuracies(root)}
 
 
-def exp_run_seconds(roots: list[Path], setting: str, new_value, changes: int) -> list[list[float]]:
-    """Seconds of each `dvc exp run -S setting=...` in each checkout, taking turns, alternating
-    `new_value` and the current value (an even number of runs: the last puts the current value back)."""
+def exp_run_seconds(roots: list[Path], setting: str, new_value, changes: int) -> dict[Path, list[float]]:
+    """Seconds of each `dvc exp run -S setting=...` in each checkout, in turns (ABBA), alternating
+    `new_value` and the committed value (an even number of runs: the last puts it back)."""
     import yaml
     section, key = setting.split(".")
-    originals = {root: (root / "params.yaml").read_text() for root in roots}  # `-S` rewrites the file
-    names = {root: [] for root in roots}
-    seconds = [[] for _ in roots]
+    committed = {root: git(root, "show", "HEAD:params.yaml") for root in roots}
+    names, seconds = {root: [] for root in roots}, {root: [] for root in roots}
     try:
         for i in range(changes):
-            for root, times in zip(roots, seconds):
-                current = yaml.safe_load(originals[root])[section][key]
-                value = new_value if i % 2 == 0 else current
-                names[root].append(f"bench-loop-{os.getpid()}-{section}-{i}")
+            for root in (roots if i % 2 == 0 else roots[::-1]):  # neither checkout always goes first
+                value = new_value if i % 2 == 0 else yaml.safe_load(committed[root])[section][key]
+                names[root].append(f"bench-loop-{os.getpid()}-{root.name}-{section}-{i}")
                 start = time.perf_counter()
                 run = subprocess.run(["dvc", "exp", "run", "--name", names[root][-1], "-S", f"{setting}={value}"],
                                      cwd=root, env=checkout_env(root), capture_output=True, text=True)
-                times.append(time.perf_counter() - start)
+                seconds[root].append(time.perf_counter() - start)
                 if run.returncode != 0:
                     sys.exit(f"{root}: dvc exp run -S {setting}={value} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     finally:
         for root in roots:
+            (root / "params.yaml").write_text(committed[root])  # as committed: `-S` rewrites the file's form
             subprocess.run(["dvc", "exp", "remove", *names[root]], cwd=root, capture_output=True)
-            (root / "params.yaml").write_text(originals[root])  # the values it began with, as they were written
     return seconds
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
 
 GUARD = 0.05  # no change may make a figure slower than its baseline's by more than this, on one machine
@@ -197,24 +196,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.changes % 2:
         parser.error("--changes must be even: every other run puts params.yaml's value back")
-    if args.against and not args.baseline:
-        parser.error("--against needs --baseline NAME: the file its figures are written to")
+    if args.against and args.baseline in (None, args.name):
+        parser.error("--against needs --baseline NAME, not --name's: the report its figures are written to")
     roots = [ROOT] + ([args.against.resolve()] if args.against else [])
+    for root in roots:
+        if git(root, "status", "--porcelain", "params.yaml"):
+            sys.exit(f"{root / 'params.yaml'}: differs from the commit; commit or restore it first "
+                     f"(the benchmark puts the committed file back)")
     runs = {root: [] for root in roots}
     for i in range(args.runs):
-        for root in roots:  # in turns: the machine's speed drifts
+        for root in (roots if i % 2 == 0 else roots[::-1]):  # in turns (ABBA): the machine's speed drifts
             runs[root].append(one_run(root, i))
     loops = {root: {} for root in roots}
-    for label, (setting, value) in LOOP.items():
-        if args.changes:
-            for root, seconds in zip(roots, exp_run_seconds(roots, setting, value, args.changes)):
-                loops[root][label] = (f"dvc exp run -S {setting}={value}", seconds)
+    for label, (setting, value) in LOOP.items() if args.changes else ():
+        for root, seconds in exp_run_seconds(roots, setting, value, args.changes).items():
+            loops[root][label] = (f"dvc exp run -S {setting}={value}", seconds)
     from cnnlab.runtime import device_name, environment
     import torch
     env = environment(torch.device("cpu"), 0)
     import datetime
-    given = [os.path.relpath(a, ROOT) if args.against and a == str(args.against) else a for a in sys.argv[1:]]
-    command = "python benchmarks/pipeline.py " + " ".join(given)  # --against as a path beside this checkout
+    command = " ".join(["python benchmarks/pipeline.py", f"--runs {args.runs}", f"--changes {args.changes}"]
+                       + ([f"--baseline {args.baseline}"] if args.baseline else [])
+                       + ([f"--against {os.path.relpath(args.against, ROOT)}"] if args.against else []))
     header = (f"# Pipeline time, {device_name(torch.device('cpu'))}, {env['threads']} threads, "
               f"torch {env['torch']}\n\nMeasured {datetime.date.today()} by `{command}`")
     out = ROOT / "benchmarks" / "results"
@@ -230,7 +233,7 @@ def main() -> None:
 
 
 def commit(root: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return git(root, "rev-parse", "--short", "HEAD").strip()
 
 
 def write_report(out: Path, name: str, env: dict, runs: list[dict], loop: dict, header: str,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from cnnlab.config import params as params_mod
@@ -136,3 +138,43 @@ def test_the_pipeline_guard_compares_each_figure_with_its_baseline():
     assert passed[2] == "Guard (none more than 5% slower): met."
     failed = pipeline.guard_lines({"dvc repro -f": 63.1, "report-only change": 2.2}, baseline, "before")
     assert failed[2] == "Guard (none more than 5% slower): **not met** (dvc repro -f, report-only change)."
+
+
+def test_the_loop_takes_turns_and_puts_each_committed_params_file_back(tmp_path, monkeypatch):
+    """benchmarks/pipeline.py --against: the exp runs alternate the checkouts (ABBA) and the values
+    (new, committed), and each params.yaml ends as committed, in its own form, even when a run fails."""
+    import subprocess
+    pipeline = load_script("pipeline")
+    roots = []
+    for name, lr in (("now", "0.01"), ("base", "0.02")):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "params.yaml").write_text(f"lenet:\n  lr: {lr}   # a comment -S would drop\n")
+        for command in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                                                 "commit", "-qm", "p"]):
+            subprocess.run(["git", *command], cwd=root, check=True)
+        roots.append(root)
+    calls, real_run = [], subprocess.run
+
+    def fake_run(args, cwd=None, **kwargs):
+        if args[0] != "dvc":
+            return real_run(args, cwd=cwd, **kwargs)
+        if args[1:3] == ["exp", "run"]:
+            calls.append((Path(cwd).name, args[-1]))
+            (Path(cwd) / "params.yaml").write_text("lenet:\n  lr: rewritten\n")
+        return subprocess.CompletedProcess(args, 0, "", "")
+    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    seconds = pipeline.exp_run_seconds(roots, "lenet.lr", 0.5, 4)
+    assert calls == [("now", "lenet.lr=0.5"), ("base", "lenet.lr=0.5"), ("base", "lenet.lr=0.02"),
+                     ("now", "lenet.lr=0.01"), ("now", "lenet.lr=0.5"), ("base", "lenet.lr=0.5"),
+                     ("base", "lenet.lr=0.02"), ("now", "lenet.lr=0.01")]
+    assert [len(seconds[root]) for root in roots] == [4, 4]
+    assert (roots[0] / "params.yaml").read_text() == "lenet:\n  lr: 0.01   # a comment -S would drop\n"
+
+    def failing_run(args, cwd=None, **kwargs):
+        result = fake_run(args, cwd=cwd, **kwargs)
+        return subprocess.CompletedProcess(args, 1, "", "boom") if args[1:3] == ["exp", "run"] else result
+    monkeypatch.setattr(pipeline.subprocess, "run", failing_run)
+    with pytest.raises(SystemExit, match="boom"):
+        pipeline.exp_run_seconds(roots, "lenet.lr", 0.5, 2)
+    assert (roots[1] / "params.yaml").read_text() == "lenet:\n  lr: 0.02   # a comment -S would drop\n"
