@@ -102,11 +102,12 @@ def exp_run_seconds(roots: list[Path], setting: str, new_value, changes: int) ->
     import yaml
     section, key = setting.split(".")
     committed = {root: git(root, "show", "HEAD:params.yaml") for root in roots}
+    committed_value = {root: yaml.safe_load(text)[section][key] for root, text in committed.items()}
     names, seconds = {root: [] for root in roots}, {root: [] for root in roots}
     try:
         for i in range(changes):
             for root in (roots if i % 2 == 0 else roots[::-1]):  # neither checkout always goes first
-                value = new_value if i % 2 == 0 else yaml.safe_load(committed[root])[section][key]
+                value = new_value if i % 2 == 0 else committed_value[root]
                 names[root].append(f"bench-loop-{os.getpid()}-{root.name}-{section}-{i}")
                 start = time.perf_counter()
                 run = subprocess.run(["dvc", "exp", "run", "--name", names[root][-1], "-S", f"{setting}={value}"],

@@ -134,7 +134,7 @@ def test_a_name_with_a_newline_is_printed_on_one_line(trained, tmp_path):
     assert result.returncode == 0 and len(lines) == 1 and "two\\nlines.png: " in lines[0], result.stdout
 
 
-def test_samples_writes_each_asked_class_as_pngs_and_names_an_unknown_class(tmp_path):
+def test_export_pngs_writes_each_asked_class_and_names_an_unknown_class(tmp_path):
     from PIL import Image
     from cnnlab import CnnlabError
     from cnnlab.prepare import save_prepared

@@ -255,11 +255,11 @@ def cifar_by_cpu() -> str:
     """One row per committed CIFAR-10 benchmark (benchmarks/results/cifar*.json): the CPU, the
     airbench width and test-time views it ran, its mean test accuracy and minutes, and the verdict."""
     rows = []
+    shipped = inspect.signature(models.spec("airbench").build).parameters["width"].default
     for path in sorted((ROOT / "benchmarks" / "results").glob("cifar*.json")):
         found = _read_json(path)
         width = re.search(r"width (\d+)", found["recipe"]) or re.search(r"width(\d+)", path.stem)  # older: in the name
         tta = re.search(r"(?:tta|flip_tta) (\w+) from", found["recipe"])
-        shipped = inspect.signature(models.spec("airbench").build).parameters["width"].default
         rows.append([found["env"]["device_name"], width.group(1) if width else str(shipped),
                      {"True": "flip", "False": "none"}.get(tta.group(1), tta.group(1)) if tta else "none",
                      f"{found['mean_test_accuracy']:.2%}", f"{found['mean_minutes']:.1f}", found["date"],

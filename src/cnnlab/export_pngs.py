@@ -18,7 +18,7 @@ from cnnlab.prepare import SPLITS, load_prepared
 
 
 def write_pngs(folder: Path, split: str, classes: list[str], per_class: int,
-                  prepared: Path = PREPARED) -> dict[str, int]:
+               prepared: Path = PREPARED) -> dict[str, int]:
     """{class: images written}; each class's first `per_class` images of `split`, or all it has."""
     data = load_prepared(prepared, [split])
     names = data["info"]["classes"]
