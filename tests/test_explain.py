@@ -105,6 +105,27 @@ def test_integrated_gradients_do_not_depend_on_how_many_images_a_pass_holds(patc
     assert torch.allclose(whole, explain.integrated_gradients(model, x, target), atol=1e-6)
 
 
+def test_integrated_gradients_equal_captums_and_leave_the_weights_gradients_alone(patch_model):
+    from captum.attr import IntegratedGradients
+    model, x = patch_model
+    target = model(x).argmax(1)
+    grads = [p.grad.clone() for p in model.parameters()]
+    theirs = IntegratedGradients(model).attribute(x, target=target, n_steps=explain.IG_STEPS)
+    assert torch.allclose(explain.integrated_gradients(model, x, target), theirs.abs().sum(1), atol=1e-6)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def test_a_watched_train_stage_never_imports_captum_nor_matplotlib():
+    import subprocess
+    import sys
+    code = ("import sys, torch; from cnnlab.train import main; from cnnlab import explain, models;"
+            "m = models.build('lenet', 1, 10, 28); x = torch.randn(4, 1, 28, 28);"
+            "explain.methods('features', 0)['integrated_gradients'](m, x, m(x).argmax(1));"
+            "print(sorted(n for n in sys.modules if n in ('captum', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def the_patch(model, images, target):
     """The object itself: the planted patch, the only pixels the model's class depends on."""
     mask = torch.zeros(images.shape[0], *images.shape[2:])

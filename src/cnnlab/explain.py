@@ -1,6 +1,6 @@
 """Attribution maps and how far to trust them. A method maps (model, normalised images, target classes)
 to one map per image [N, H, W]: Grad-CAM and Guided Grad-CAM on the layer the model's spec declares,
-captum's integrated gradients, input gradients and occlusion for any model, and a seeded random map as
+integrated gradients, and captum's input gradients and occlusion, for any model, and a seeded random map as
 the baseline. `assess` scores each by deletion and insertion (Petsiuk et al., 2018), compared with the
 random map image by image with a paired bootstrap, and by the model randomisation check (Adebayo et
 al., 2018); docs/analyses.md says what each verdict means."""
@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients, Occlusion, Saliency
 from torch import nn
 
 Method = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,23 +104,31 @@ def guided_grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Integrated gradients from a mean (0) image, a few images at a time: captum needs at least two
-    steps of every image of a call in one pass, so a bounded pass needs bounded calls."""
-    size = pass_size(x[0].numel())
-    images = max(1, size // IG_STEPS)
-    ig = IntegratedGradients(model)
-    return torch.cat([_pixels(ig.attribute(x[i:i + images], target=target[i:i + images], n_steps=IG_STEPS,
-                                           internal_batch_size=max(2 * images, size)))
-                      for i in range(0, len(x), images)])
+    """Integrated gradients (Sundararajan et al., 2017) from a mean (0) image: the target's gradient at
+    IG_STEPS points of the straight path to each image, weighted as captum's default (Gauss-Legendre),
+    times the image; a few images a pass. Written here: importing captum imports matplotlib, which training never uses."""
+    nodes, weights = np.polynomial.legendre.leggauss(IG_STEPS)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1)
+    weights = torch.tensor(weights / 2, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1)
+    chunk, maps = max(1, pass_size(x[0].numel()) // IG_STEPS), []
+    for images, classes in zip(x.detach().split(chunk), target.split(chunk)):
+        with torch.enable_grad():
+            path = (alphas * images).flatten(0, 1).requires_grad_(True)   # step-major: [steps * n, C, H, W]
+            score = model(path).gather(1, classes.repeat(IG_STEPS).view(-1, 1)).sum()
+            grads = torch.autograd.grad(score, path)[0].view(IG_STEPS, *images.shape)  # the weights' grads untouched
+        maps.append(_pixels((weights * grads).sum(0) * images))
+    return torch.cat(maps)
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import Saliency  # captum imports matplotlib: only the methods that need it pay for it
     return _pixels(Saliency(model).attribute(x.detach().requires_grad_(True), target=target, abs=True))
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """How much the class score drops when a patch (a seventh of the side, on a 7x7 grid) is set to
     the mean: positive where the evidence is."""
+    from captum.attr import Occlusion
     side = stride = max(2, x.shape[-1] // 7)
     with torch.no_grad():
         found = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(x.shape[1], side, side),
