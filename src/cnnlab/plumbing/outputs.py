@@ -16,6 +16,7 @@ which), which renames them only once every rank has exited cleanly, and removes 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -83,11 +84,9 @@ class StagedOutputs:
                metadata: dict[str, str] | None = None) -> None:
         """Save a matplotlib figure (with `metadata` in the file); staged=False writes straight to
         `target`, a path inside a folder that is itself a staged output."""
-        import matplotlib.pyplot as plt
         path = self.path(target) if staged else Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", format=Path(target).suffix[1:], metadata=metadata)
-        plt.close(fig)
+        _save(fig, path, dpi, Path(target).suffix[1:], metadata)
 
     def figure_of(self, target: str | Path, draw: Callable[..., Any], data: dict, dpi: int = 110,
                   inside: Path | None = None) -> bool:
@@ -103,9 +102,10 @@ class StagedOutputs:
         if drawn_from(Path(target)) == digest:
             shutil.copyfile(target, written)
             return False
-        fig = draw(**data)
-        pixels = _pixels_key(digest, _rgba(fig, dpi))
-        self.figure(written, fig, dpi=dpi, staged=False, metadata={DRAWN_FROM: digest, PIXELS: pixels})
+        png = io.BytesIO()
+        _save(draw(**data), png, dpi, "png", {DRAWN_FROM: digest})
+        written.parent.mkdir(parents=True, exist_ok=True)
+        _bind_pixels(png, written, digest)
         return True
 
     def commit(self) -> None:
@@ -188,12 +188,22 @@ def _pixels_key(digest: str, pixels: bytes) -> str:
     return hashlib.sha256(digest.encode() + pixels).hexdigest()
 
 
-def _rgba(fig, dpi: int) -> bytes:
-    """The pixels `figure` saves for `fig`: the same rendering, as raw RGBA."""
-    import io
-    raw = io.BytesIO()
-    fig.savefig(raw, dpi=dpi, bbox_inches="tight", format="rgba")
-    return raw.getvalue()
+def _save(fig, target, dpi: int, kind: str, metadata: dict[str, str] | None) -> None:
+    import matplotlib.pyplot as plt
+    fig.savefig(target, dpi=dpi, bbox_inches="tight", format=kind, metadata=metadata)
+    plt.close(fig)
+
+
+def _bind_pixels(png: io.BytesIO, path: Path, digest: str) -> None:
+    """Write the PNG in `png` to `path` with the key of its own pixels added to its text: matplotlib
+    renders the figure once, Pillow encodes it again (as matplotlib does)."""
+    from PIL import Image, PngImagePlugin
+    with Image.open(png) as image:
+        info = PngImagePlugin.PngInfo()
+        for key, value in image.text.items():
+            info.add_text(key, value)
+        info.add_text(PIXELS, _pixels_key(digest, image.tobytes()))
+        image.save(path, format="png", pnginfo=info, dpi=image.info.get("dpi"))
 
 
 def drawn_from(path: Path) -> str | None:
