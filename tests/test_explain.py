@@ -115,6 +115,33 @@ def test_integrated_gradients_equal_captums_and_leave_the_weights_gradients_alon
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
+def test_integrated_gradients_equal_captums_on_colour_images_through_batch_norm():
+    from captum.attr import IntegratedGradients
+    from cnnlab.models import build
+    torch.manual_seed(0)
+    model = build("resnet_small", 3, 10, 32).eval()
+    x = torch.randn(5, 3, 32, 32)
+    target = model(x).argmax(1)
+    theirs = IntegratedGradients(model).attribute(x, target=target, n_steps=explain.IG_STEPS)
+    assert torch.allclose(explain.integrated_gradients(model, x, target), theirs.abs().sum(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("images_a_pass", [1, 3, 8, 40])
+def test_integrated_gradients_never_pass_more_images_than_the_bound(patch_model, monkeypatch, images_a_pass):
+    model, x = patch_model
+    target = model(x[:5]).argmax(1)
+    whole = explain.integrated_gradients(model, x[:5], target)
+    monkeypatch.setattr(explain, "pass_size", lambda image_values: images_a_pass)
+    bound = max(2, images_a_pass)  # captum's rule: a pass holds at least two steps
+    passes = []
+    handle = model.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    try:
+        assert torch.allclose(explain.integrated_gradients(model, x[:5], target), whole, atol=1e-6)
+    finally:
+        handle.remove()
+    assert max(passes) <= bound and sum(passes) == 5 * explain.IG_STEPS
+
+
 def test_a_watched_train_stage_never_imports_captum_nor_matplotlib():
     import subprocess
     import sys

@@ -190,8 +190,10 @@ def _pixels_key(digest: str, pixels: bytes) -> str:
 
 def _save(fig, target, dpi: int, kind: str, metadata: dict[str, str] | None) -> None:
     import matplotlib.pyplot as plt
-    fig.savefig(target, dpi=dpi, bbox_inches="tight", format=kind, metadata=metadata)
-    plt.close(fig)
+    try:
+        fig.savefig(target, dpi=dpi, bbox_inches="tight", format=kind, metadata=metadata)
+    finally:
+        plt.close(fig)
 
 
 def _bind_pixels(png: io.BytesIO, path: Path, digest: str) -> None:
