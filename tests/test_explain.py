@@ -147,7 +147,7 @@ def test_a_watched_train_stage_never_imports_captum_nor_matplotlib():
     import sys
     code = ("import sys, torch; from cnnlab.train import main; from cnnlab import explain, models;"
             "m = models.build('lenet', 1, 10, 28); x = torch.randn(4, 1, 28, 28);"
-            "explain.methods('features', 0)['integrated_gradients'](m, x, m(x).argmax(1));"
+            "explain.methods(models.spec('lenet').attribution_layer, 0)['integrated_gradients'](m, x, m(x).argmax(1));"
             "print(sorted(n for n in sys.modules if n in ('captum', 'matplotlib')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
